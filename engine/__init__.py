@@ -1,0 +1,7 @@
+"""The model core shared by the server and the quantizer: architectures, loading, tokenizer and special
+ids, `Int4Linear`, the diffusion sampler and the serving engine."""
+
+from .loader import CheckpointError, load_model, read_config
+from .tokenizer import SpecialIds, load_tokenizer, special_ids
+
+__all__ = ["CheckpointError", "SpecialIds", "load_model", "load_tokenizer", "read_config", "special_ids"]

@@ -1,0 +1,205 @@
+"""Resolve a model name and load its weights: local Hugging Face-format directories (single or sharded
+safetensors), named presets, the embedded `inkwell-tiny`, and hub ids already in the local cache.
+
+Weights go tensor by tensor from the file straight to their destination dtype and device into a model
+built on the `meta` device, so the model is never held twice. Every problem (unknown `model_type`,
+missing, unexpected or misshaped tensors, a corrupt file) is one `CheckpointError` naming the file and
+the tensor; there is no partial load. Linear layers stored in the int4 `pack-quantized` format are
+detected per layer from the tensors present and become `Int4Linear`s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .models import PRESETS, build_model, config_from_dict
+from .quant_linear import INT4_SUFFIXES, int4_linear_from_tensors
+
+ASSETS = Path(__file__).parent / "assets"
+EMBEDDED = {"inkwell-tiny": ASSETS / "inkwell-tiny"}
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+    "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the tensor."""
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path | None:
+    """A local directory for `path_or_name`, or None for a preset. Raises naming the id on a miss."""
+    name = str(path_or_name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name in PRESETS:
+        return None
+    if name in EMBEDDED:
+        if not (EMBEDDED[name] / "config.json").is_file():
+            raise FileNotFoundError(f"embedded model {name!r} is missing from the package ({EMBEDDED[name]})")
+        return EMBEDDED[name]
+    if path.exists():
+        raise CheckpointError(f"{path}: not a model directory (expected a folder with config.json)")
+    return _from_hub_cache(name)
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    choices = sorted([*PRESETS, *EMBEDDED])
+    if repo_id.count("/") != 1:
+        raise FileNotFoundError(f"model {repo_id!r} is not a local directory, a preset or embedded model "
+                                f"({', '.join(choices)}) or a hub id")
+    from huggingface_hub import snapshot_download  # optional dependency path, only for hub ids
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as err:  # the hub raises several unrelated types for "not cached"
+        raise FileNotFoundError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and nothing is downloaded; "
+            f"fetch it on a connected machine first or pass a local directory ({type(err).__name__})"
+        ) from err
+
+
+def read_config(path_or_name: str | Path) -> dict:
+    """The `config.json` dict of a model (a preset's built-in dict for presets)."""
+    path = resolve_model_path(path_or_name)
+    if path is None:
+        return dict(PRESETS[str(path_or_name)])
+    file = path / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from err
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(path_or_name: str | Path, dtype: torch.dtype | str | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model for inference. `dtype=None`: the checkpoint's dtype on a GPU, float32 on a CPU."""
+    device = torch.device(device)
+    path = resolve_model_path(path_or_name)
+    raw = read_config(path_or_name)
+    config = config_from_dict(raw)
+    dtype = parse_dtype(dtype) or _default_dtype(raw, device)
+    if path is None:
+        return _build_preset(config, dtype, device)
+    with torch.device("meta"):
+        model = build_model(config)
+    _load_weights(model, _weight_files(path), raw.get("quantization_config"), dtype, device)
+    model.name_or_path = str(path_or_name)
+    return model.eval().requires_grad_(False)
+
+
+def _default_dtype(raw: dict, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32
+    return DTYPES.get(str(raw.get("torch_dtype", "float16")).replace("torch.", ""), torch.float16)
+
+
+def _build_preset(config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    model = build_model(config)
+    for p in model.parameters():  # deterministic N(0, 0.02) weights, ones for norms
+        if p.ndim > 1:
+            p.data = torch.randn(p.shape, generator=generator) * 0.02
+    model.name_or_path = config.raw.get("_name_or_path", "preset")
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _weight_files(path: Path) -> dict[Path, list[str] | None]:
+    """Safetensors files of a checkpoint -> the tensor names the index assigns them (None: all)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{index}: unreadable shard index ({err})") from err
+        files: dict[Path, list[str]] = defaultdict(list)
+        for name, shard in weight_map.items():
+            files[path / shard].append(name)
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"{file}: shard named by {index.name} is missing")
+        return dict(files)
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    return {single: None}
+
+
+def _load_weights(model: nn.Module, files: dict, quant_config: dict | None, dtype, device) -> None:
+    expected = dict(model.state_dict(keep_vars=True))
+    int4_parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    int4_file: dict[str, Path] = {}
+    for file, names in files.items():
+        for name, tensor in _read_tensors(file, names):
+            module_name, _, attr = name.rpartition(".")
+            if attr in INT4_SUFFIXES:
+                int4_parts[module_name][attr] = tensor
+                int4_file[module_name] = file
+                continue
+            _assign(model, name, tensor, expected, file, dtype, device)
+    for module_name, parts in int4_parts.items():
+        _assign_int4(model, module_name, parts, quant_config, int4_file[module_name], dtype, device)
+    missing = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{next(iter(files))}: {len(missing)} tensors missing from the checkpoint: {shown}")
+
+
+def _read_tensors(file: Path, names: list[str] | None):
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            stored = set(f.keys())
+            for name in names if names is not None else sorted(stored):
+                if name not in stored:
+                    raise CheckpointError(f"{file}: tensor {name!r} listed in the index is not in the file")
+                yield name, f.get_tensor(name)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: corrupt or unreadable safetensors file ({err})") from err
+
+
+def _assign(model, name, tensor, expected, file, dtype, device) -> None:
+    target = expected.get(name)
+    if target is None:
+        raise CheckpointError(f"{file}: unexpected tensor {name!r} for {type(model).__name__}")
+    if tuple(tensor.shape) != tuple(target.shape):
+        raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                              f"the config expects {tuple(target.shape)}")
+    if not tensor.is_floating_point():
+        raise CheckpointError(f"{file}: tensor {name!r} has dtype {tensor.dtype}, expected a float type")
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    module._parameters[attr] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
+
+
+def _assign_int4(model, module_name, parts, quant_config, file, dtype, device) -> None:
+    parent_name, _, child = module_name.rpartition(".")
+    try:
+        linear = model.get_submodule(module_name)
+    except AttributeError as err:
+        raise CheckpointError(f"{file}: int4 tensors for unknown module {module_name!r}") from err
+    if not isinstance(linear, nn.Linear):
+        raise CheckpointError(f"{file}: int4 tensors for {module_name!r}, which is not a Linear layer")
+    try:
+        bias = None if linear.bias is None or linear.bias.is_meta else linear.bias
+        q = int4_linear_from_tensors(parts, quant_config, linear.in_features, linear.out_features,
+                                     bias=bias, dtype=dtype, device=device)
+    except ValueError as err:
+        raise CheckpointError(f"{file}: layer {module_name!r}: {err}") from err
+    setattr(model.get_submodule(parent_name), child, q)

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server streaming the commit events of every denoising step."""
