@@ -27,6 +27,7 @@ DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
     "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
 }
+STORED_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 class CheckpointError(ValueError):
@@ -94,35 +95,55 @@ def load_model(path_or_name: str | Path, dtype: torch.dtype | str | None = None,
     device = torch.device(device)
     path = resolve_model_path(path_or_name)
     raw = read_config(path_or_name)
-    config = config_from_dict(raw)
-    dtype = parse_dtype(dtype) or _default_dtype(raw, device)
+    try:
+        config = config_from_dict(raw)
+    except ValueError as err:
+        where = path / "config.json" if path is not None else f"preset {str(path_or_name)!r}"
+        raise CheckpointError(f"{where}: {err}") from err
     if path is None:
-        return _build_preset(config, dtype, device)
+        return _build_preset(config, str(path_or_name), parse_dtype(dtype) or default_dtype(raw, {}, device),
+                             device)
+    files, source = _weight_files(path)
+    dtype = parse_dtype(dtype) or default_dtype(raw, files, device)
     with torch.device("meta"):
         model = build_model(config)
-    _load_weights(model, _weight_files(path), raw.get("quantization_config"), dtype, device)
+    _load_weights(model, files, source, raw.get("quantization_config"), dtype, device)
     model.name_or_path = str(path_or_name)
     return model.eval().requires_grad_(False)
 
 
-def _default_dtype(raw: dict, device: torch.device) -> torch.dtype:
+def default_dtype(raw: dict, files: dict[Path, list[str] | None], device: torch.device) -> torch.dtype:
+    """float32 on a CPU; elsewhere the config's `torch_dtype` (`dtype` in transformers 5), else the dtype
+    the first floating-point tensor is stored in (LLaDA's config names none; its weights are bfloat16)."""
     if device.type == "cpu":
         return torch.float32
-    return DTYPES.get(str(raw.get("torch_dtype", "float16")).replace("torch.", ""), torch.float16)
+    named = str(raw.get("torch_dtype") or raw.get("dtype") or "").replace("torch.", "")
+    if named in DTYPES:
+        return DTYPES[named]
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                stored = [STORED_DTYPES.get(f.get_slice(name).get_dtype()) for name in f.keys()]
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file}: corrupt or unreadable safetensors file ({err})") from err
+        if any(stored):
+            return next(d for d in stored if d is not None)
+    return torch.float16
 
 
-def _build_preset(config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def _build_preset(config, name: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     model = build_model(config)
     for p in model.parameters():  # deterministic N(0, 0.02) weights, ones for norms
         if p.ndim > 1:
             p.data = torch.randn(p.shape, generator=generator) * 0.02
-    model.name_or_path = config.raw.get("_name_or_path", "preset")
+    model.name_or_path = name
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def _weight_files(path: Path) -> dict[Path, list[str] | None]:
-    """Safetensors files of a checkpoint -> the tensor names the index assigns them (None: all)."""
+def _weight_files(path: Path) -> tuple[dict[Path, list[str] | None], Path]:
+    """Safetensors files of a checkpoint -> the tensor names the index assigns them (None: all), and the
+    file that lists the checkpoint's tensors (the index, or the single file)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -132,17 +153,19 @@ def _weight_files(path: Path) -> dict[Path, list[str] | None]:
         files: dict[Path, list[str]] = defaultdict(list)
         for name, shard in weight_map.items():
             files[path / shard].append(name)
-        for file in files:
+        for file, names in files.items():
             if not file.is_file():
-                raise CheckpointError(f"{file}: shard named by {index.name} is missing")
-        return dict(files)
+                raise CheckpointError(f"{file}: shard named by {index.name} is missing "
+                                      f"(it holds tensor {names[0]!r} and {len(names) - 1} more)")
+        return dict(files), index
     single = path / "model.safetensors"
     if not single.is_file():
         raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    return {single: None}
+    return {single: None}, single
 
 
-def _load_weights(model: nn.Module, files: dict, quant_config: dict | None, dtype, device) -> None:
+def _load_weights(model: nn.Module, files: dict, source: Path, quant_config: dict | None, dtype,
+                  device) -> None:
     expected = dict(model.state_dict(keep_vars=True))
     int4_parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     int4_file: dict[str, Path] = {}
@@ -159,7 +182,7 @@ def _load_weights(model: nn.Module, files: dict, quant_config: dict | None, dtyp
     missing = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(f"{next(iter(files))}: {len(missing)} tensors missing from the checkpoint: {shown}")
+        raise CheckpointError(f"{source}: {len(missing)} tensors the config needs are missing: {shown}")
 
 
 def _read_tensors(file: Path, names: list[str] | None):

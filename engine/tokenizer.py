@@ -40,7 +40,10 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
 def _read_json(path: Path | None, name: str) -> dict:
     if path is None or not (path / name).is_file():
         return {}
-    return json.loads((path / name).read_text())
+    try:
+        return json.loads((path / name).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / name}: not valid JSON ({err})") from err
 
 
 def _ids(value) -> list[int]:
@@ -49,38 +52,54 @@ def _ids(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else [int(value)]
 
 
+def _added_tokens(path: Path | None, tokenizer: PreTrainedTokenizerBase | None) -> dict[int, dict]:
+    """id -> {"content", "special"} for the added tokens of tokenizer.json, tokenizer_config.json and the
+    tokenizer object (checkpoints keep them in one or the other)."""
+    added = {int(t["id"]): t for t in _read_json(path, "tokenizer.json").get("added_tokens", [])}
+    decoder = _read_json(path, "tokenizer_config.json").get("added_tokens_decoder", {})
+    added |= {int(i): t for i, t in decoder.items()}
+    if tokenizer is not None:
+        added |= {i: {"content": t.content, "special": t.special}
+                  for i, t in tokenizer.added_tokens_decoder.items()}
+    return added
+
+
+def _token_id(role: str, tok_config: dict, by_content: dict[str, int],
+              tokenizer: PreTrainedTokenizerBase | None) -> list[int]:
+    """The id of the tokenizer's `role` token ("eos", "bos", "pad", "mask"), or [] when it has none."""
+    if tokenizer is not None and getattr(tokenizer, f"{role}_token_id", None) is not None:
+        return [int(getattr(tokenizer, f"{role}_token_id"))]
+    name = tok_config.get(f"{role}_token")
+    name = name.get("content") if isinstance(name, dict) else name
+    return [by_content[name]] if name in by_content else []
+
+
 def special_ids(path_or_name: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> SpecialIds:
-    """Mask, eos, bos and pad ids and the stop set, from config, generation config and tokenizer."""
+    """Mask, eos, bos and pad ids and the stop set, from config, generation config and tokenizer.
+
+    The config's ids come first; the tokenizer fills what the config leaves out. A config and tokenizer
+    that disagree on the mask token are an error: the sampler would write one and stop at the other.
+    """
     path = resolve_model_path(path_or_name)
     config = read_config(path_or_name)
     generation = _read_json(path, "generation_config.json")
     tok_config = _read_json(path, "tokenizer_config.json")
-    added = {int(i): t for i, t in tok_config.get("added_tokens_decoder", {}).items()}
+    added = _added_tokens(path, tokenizer)
     by_content = {t["content"]: i for i, t in added.items()}
-    if tokenizer is not None:
-        added |= {i: {"content": t.content, "special": t.special}
-                  for i, t in tokenizer.added_tokens_decoder.items()}
-        by_content |= {t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
+    tok = {role: _token_id(role, tok_config, by_content, tokenizer) for role in ("mask", "eos", "bos", "pad")}
 
-    mask_id = config.get("mask_token_id")
-    if mask_id is None and tokenizer is not None and tokenizer.mask_token_id is not None:
-        mask_id = tokenizer.mask_token_id
-    if mask_id is None:
+    mask = _ids(config.get("mask_token_id")) or tok["mask"]
+    if not mask:
         raise ValueError(f"{path_or_name}: config.json has no mask_token_id and the tokenizer no mask token")
-
-    eos = _ids(generation.get("eos_token_id")) + _ids(config.get("eos_token_id"))
-    eos_name = tok_config.get("eos_token")
-    eos_name = eos_name.get("content") if isinstance(eos_name, dict) else eos_name
-    if eos_name in by_content:
-        eos.append(by_content[eos_name])
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        eos.append(tokenizer.eos_token_id)
+    if tok["mask"] and tok["mask"] != mask[:1]:
+        raise ValueError(f"{path_or_name}: config.json mask_token_id {mask[0]} disagrees with the "
+                         f"tokenizer's mask token id {tok['mask'][0]}")
+    eos = _ids(generation.get("eos_token_id")) + _ids(config.get("eos_token_id")) + tok["eos"]
     if not eos:
         raise ValueError(f"{path_or_name}: no eos_token_id in config, generation config or tokenizer")
     specials = [i for i, t in added.items() if t.get("special", False)]
-    stop_ids = tuple(sorted({*eos, *specials} - {int(mask_id)}))
-
-    bos = _ids(config.get("bos_token_id")) or _ids(generation.get("bos_token_id"))
-    pad = _ids(config.get("pad_token_id"))
-    return SpecialIds(mask_id=int(mask_id), eos_id=eos[0], bos_id=bos[0] if bos else None,
-                      pad_id=pad[0] if pad else eos[0], stop_ids=stop_ids)
+    stop_ids = tuple(sorted({*eos, *specials} - {mask[0]}))
+    bos = _ids(config.get("bos_token_id")) or _ids(generation.get("bos_token_id")) or tok["bos"]
+    pad = _ids(config.get("pad_token_id")) or tok["pad"] or eos
+    return SpecialIds(mask_id=mask[0], eos_id=eos[0], bos_id=bos[0] if bos else None, pad_id=pad[0],
+                      stop_ids=stop_ids)

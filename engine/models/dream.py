@@ -19,12 +19,18 @@ from .layers import (
     RMSNorm,
     apply_rotary,
     attention,
+    config_kwargs,
     forward_positions,
     merge_heads,
     rotary,
     split_heads,
     upcast_dtype,
 )
+
+# Published config keys whose other values would change the architecture this file implements.
+UNSUPPORTED: dict[str, tuple] = {
+    "hidden_act": ("silu",), "rope_scaling": (None,), "use_sliding_window": (False, None),
+}
 
 
 @dataclass(frozen=True)
@@ -51,13 +57,10 @@ class DreamConfig:
             raise ValueError("hidden_size must be a multiple of num_attention_heads")
         if self.num_attention_heads % self.kv_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-        if self.raw.get("rope_scaling"):
-            raise ValueError("rope_scaling is not supported for Dream")
 
     @classmethod
     def from_dict(cls, d: dict) -> DreamConfig:
-        names = {f.name for f in fields(cls)} - {"raw"}
-        return cls(**{k: v for k, v in d.items() if k in names}, raw=dict(d))
+        return cls(**config_kwargs(cls, d, UNSUPPORTED))
 
     def to_dict(self) -> dict:
         out = dict(self.raw)

@@ -7,9 +7,28 @@ stays float64), attention runs in the model dtype.
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def config_kwargs(cls, d: dict, unsupported: dict[str, tuple]) -> dict:
+    """Keyword arguments of config dataclass `cls` from a `config.json` dict, plus `raw=d`.
+
+    Raises ValueError naming the missing required keys, or a key in `unsupported` (key -> the values this
+    implementation supports) whose value would change the architecture silently.
+    """
+    names = {f.name for f in fields(cls)} - {"raw"}
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{cls.__name__}: config is missing required keys {missing}")
+    for key, allowed in unsupported.items():
+        if key in d and d[key] not in allowed:
+            raise ValueError(f"{cls.__name__}: {key}={d[key]!r} is not supported; allowed: {list(allowed)}")
+    return {k: v for k, v in d.items() if k in names} | {"raw": dict(d)}
 
 
 def upcast_dtype(dtype: torch.dtype) -> torch.dtype:

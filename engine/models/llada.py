@@ -19,12 +19,20 @@ from .layers import (
     RMSNorm,
     apply_rotary,
     attention,
+    config_kwargs,
     forward_positions,
     merge_heads,
     rotary,
     split_heads,
     upcast_dtype,
 )
+
+# Published config keys whose other values would change the architecture this file implements.
+UNSUPPORTED: dict[str, tuple] = {
+    "block_type": ("llama",), "alibi": (False, None), "rope": (True, None), "activation_type": ("silu",),
+    "layer_norm_type": ("rms",), "layer_norm_with_affine": (True, None), "bias_for_layer_norm": (False, None),
+    "attention_layer_norm": (False, None), "input_emb_norm": (False, None), "scale_logits": (False, None),
+}
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,12 @@ class LLaDAConfig:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
-        if self.include_bias or self.raw.get("alibi") or self.raw.get("block_type", "llama") != "llama":
-            raise ValueError("only LLaDA's llama block (no bias, no alibi) is supported")
+        if self.include_bias:
+            raise ValueError("include_bias=True is not supported; LLaDA's llama block has no linear biases")
 
     @classmethod
     def from_dict(cls, d: dict) -> LLaDAConfig:
-        names = {f.name for f in fields(cls)} - {"raw"}
-        return cls(**{k: v for k, v in d.items() if k in names}, raw=dict(d))
+        return cls(**config_kwargs(cls, d, UNSUPPORTED))
 
     def to_dict(self) -> dict:
         out = dict(self.raw)
