@@ -132,13 +132,20 @@ def default_dtype(raw: dict, files: dict[Path, list[str] | None], device: torch.
 
 
 def _build_preset(config, name: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Deterministic weights from a seeded generator: N(0, 0.02) matrices and biases, ones for norms."""
     generator = torch.Generator().manual_seed(0)
-    model = build_model(config)
-    for p in model.parameters():  # deterministic N(0, 0.02) weights, ones for norms
-        if p.ndim > 1:
-            p.data = torch.randn(p.shape, generator=generator) * 0.02
+    with torch.device("meta"):
+        model = build_model(config)
+    for full_name, p in list(model.named_parameters()):
+        module_name, _, attr = full_name.rpartition(".")
+        if p.ndim > 1 or attr == "bias":
+            value = torch.randn(p.shape, generator=generator) * 0.02
+        else:  # norm weights
+            value = torch.ones(p.shape)
+        param = nn.Parameter(value.to(device=device, dtype=dtype), requires_grad=False)
+        model.get_submodule(module_name)._parameters[attr] = param
     model.name_or_path = name
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.eval()
 
 
 def _weight_files(path: Path) -> tuple[dict[Path, list[str] | None], Path]:
