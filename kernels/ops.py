@@ -1,0 +1,61 @@
+"""The one dispatch point for int4 matmuls: the custom op `inkwell::int4_matmul`.
+
+The weight's layout is named by its dtype, so a layer converted once at load calls the same op
+everywhere:
+
+- int32 `qweight` [K/8, N] (= `weight_packed.T`) with `scales` [K/g, N]: the Triton kernel on CUDA
+  for fp16/bf16 activations; the pure-torch reference otherwise (CPU, float32, or no Triton).
+- uint8 `int4pack` [N, K/2] with `scales_and_zeros` [K/g, N, 2]: torch's CPU kernel (`cpu_int4`).
+
+Being a `torch.library` custom op with a fake implementation, it traces under `torch.compile` and
+runs on the meta device. Triton is imported here, lazily, and nowhere else outside its kernel file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .cpu_int4 import int4pack_mm_cpu
+from .reference import int4_matmul_reference
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (it is only on Linux x86_64)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@torch.library.custom_op("inkwell::int4_matmul", mutates_args=())
+def int4_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x [..., K] @ W.T -> [..., N] in x's dtype, for a weight in one of the layouts above."""
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    if weight.dtype == torch.uint8:
+        out = int4pack_mm_cpu(x2, weight, scales, group_size)
+    elif weight.dtype == torch.int32:
+        out = _qweight_matmul(x2, weight, scales, group_size)
+    else:
+        raise ValueError(f"int4_matmul: weight must be int32 qweight [K/8, N] or uint8 int4pack [N, K/2], "
+                         f"got {weight.dtype}")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@int4_matmul.register_fake
+def _int4_matmul_fake(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                      group_size: int) -> torch.Tensor:
+    n = weight.shape[0] if weight.dtype == torch.uint8 else weight.shape[1]
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _qweight_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    if x.is_cuda and x.dtype in TRITON_DTYPES and triton_available():
+        from .triton_int4 import int4_matmul_triton  # the guarded Triton import
+
+        return int4_matmul_triton(x, qweight, scales, group_size)
+    k = qweight.shape[0] * 8
+    if scales.shape[0] * group_size != k:
+        raise ValueError(f"group_size {group_size} does not match scales {tuple(scales.shape)} for K = {k}")
+    return int4_matmul_reference(x, qweight.T, scales.T)
