@@ -189,7 +189,7 @@ def _load_weights(model: nn.Module, files: dict, source: Path, quant_config: dic
     missing = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(f"{source}: {len(missing)} tensors the config needs are missing: {shown}")
+        raise CheckpointError(f"{source}: {len(missing)} tensor(s) the config needs are missing: {shown}")
 
 
 def _read_tensors(file: Path, names: list[str] | None):
