@@ -174,22 +174,38 @@ def _weight_files(path: Path) -> tuple[dict[Path, list[str] | None], Path]:
 def _load_weights(model: nn.Module, files: dict, source: Path, quant_config: dict | None, dtype,
                   device) -> None:
     expected = dict(model.state_dict(keep_vars=True))
-    int4_parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    int4_file: dict[str, Path] = {}
+    # int4 layers are built as soon as their tensors (and bias) are in, so their packed parts never pile up
+    pending: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)  # int4 layer -> its tensors so far
+    where: dict[str, Path] = {}
     for file, names in files.items():
         for name, tensor in _read_tensors(file, names):
             module_name, _, attr = name.rpartition(".")
             if attr in INT4_SUFFIXES:
-                int4_parts[module_name][attr] = tensor
-                int4_file[module_name] = file
-                continue
-            _assign(model, name, tensor, expected, file, dtype, device)
-    for module_name, parts in int4_parts.items():
-        _assign_int4(model, module_name, parts, quant_config, int4_file[module_name], dtype, device)
-    missing = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
+                pending[module_name][attr], where[module_name] = tensor, file
+            else:
+                _assign(model, name, tensor, expected, file, dtype, device)
+            if module_name in pending and _int4_ready(model, module_name, pending[module_name]):
+                _assign_int4(model, module_name, pending.pop(module_name), quant_config, where[module_name],
+                             dtype, device)
+    # a layer stored as int4 has no `.weight`; anything else still on meta was never in the checkpoint
+    missing = [n for n, p in model.state_dict(keep_vars=True).items()
+               if p.is_meta and not (n.endswith(".weight") and n.rpartition(".")[0] in pending)]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(f"{source}: {len(missing)} tensor(s) the config needs are missing: {shown}")
+    for module_name, parts in pending.items():  # incomplete layers: _assign_int4 names what is missing
+        _assign_int4(model, module_name, parts, quant_config, where[module_name], dtype, device)
+
+
+def _int4_ready(model: nn.Module, module_name: str, parts: dict[str, torch.Tensor]) -> bool:
+    """All int4 tensors of a layer are read, and its bias (if the layer has one) is loaded."""
+    if any(s not in parts for s in INT4_SUFFIXES):
+        return False
+    try:
+        bias = getattr(model.get_submodule(module_name), "bias", None)
+    except AttributeError:  # not a module of this model: _assign_int4 reports it
+        return True
+    return bias is None or not bias.is_meta
 
 
 def _read_tensors(file: Path, names: list[str] | None):

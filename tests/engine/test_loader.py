@@ -16,6 +16,7 @@ from inkwell.engine import CheckpointError, load_model, read_config
 from inkwell.engine import loader as loader_module
 from inkwell.engine.checkpoint import save_model
 from inkwell.engine.loader import default_dtype
+from inkwell.engine.quant_linear import quantize_model_rtn
 from safetensors.torch import load_file, save_file
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -366,3 +367,75 @@ def test_hub_id_not_in_the_cache_is_a_clear_error_without_download(monkeypatch, 
 def test_unknown_plain_name_lists_the_presets(no_network):
     with pytest.raises(FileNotFoundError, match=r"'tiny-gpt'.*tiny-dream, tiny-llada"):
         load_model("tiny-gpt")
+
+
+# ---- int4 (pack-quantized) checkpoints: the loader's side ----
+
+def write_int4(out: Path, shards: int = 1) -> tuple[torch.nn.Module, Path]:
+    """tiny-dream with RTN int4 linears (q/k/v keep their bias); sharded with every bias in the last shard."""
+    model = load_model("tiny-dream")
+    config = quantize_model_rtn(model, group_size=64)
+    path = save_model(model, out, config_updates={"quantization_config": config})
+    if shards > 1:
+        state = load_file(str(path / "model.safetensors"))
+        (path / "model.safetensors").unlink()
+        names = sorted(n for n in state if not n.endswith(".bias"))
+        biases = sorted(n for n in state if n.endswith(".bias"))
+        groups = [names[i::shards - 1] for i in range(shards - 1)] + [biases]
+        weight_map = {}
+        for i, group in enumerate(groups):
+            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({n: state[n] for n in group}, str(path / file))
+            weight_map |= dict.fromkeys(group, file)
+        (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return model, path
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_int4_checkpoint_loads_with_biases_from_any_shard(shards, tmp_path):
+    model, path = write_int4(tmp_path / "int4", shards)
+    loaded = load_model(path)
+    attn = loaded.model.layers[1].self_attn
+    assert type(attn.q_proj).__name__ == "Int4Linear"
+    assert type(loaded.lm_head) is torch.nn.Linear  # the output head stays in full precision
+    torch.testing.assert_close(attn.q_proj.bias, model.model.layers[1].self_attn.q_proj.bias, atol=0, rtol=0)
+    ids = torch.arange(12)[None]
+    torch.testing.assert_close(loaded(ids), model(ids), atol=1e-5, rtol=0)
+
+
+def test_int4_layers_are_built_while_reading(monkeypatch, tmp_path):
+    """Packed tensors are turned into their serving layout layer by layer, not all kept until the end."""
+    _, path = write_int4(tmp_path / "int4")
+    events = []
+    real_read, real_int4 = loader_module._read_tensors, loader_module._assign_int4
+
+    def read(file, names):
+        for item in real_read(file, names):
+            events.append("read")
+            yield item
+
+    def build(*args, **kwargs):
+        events.append("int4")
+        return real_int4(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "_read_tensors", read)
+    monkeypatch.setattr(loader_module, "_assign_int4", build)
+    load_model(path)
+    assert events.count("int4") == 2 * 7  # q, k, v, o, gate, up, down in two layers
+    assert events.index("int4") < len(events) // 2
+
+
+def test_int4_layer_missing_its_bias_is_an_error_not_a_dropped_bias(tmp_path):
+    _, path = write_int4(tmp_path / "int4")
+    edit_tensors(path / "model.safetensors", remove("model.layers.0.self_attn.v_proj.bias"))
+    message = r"1 tensor\(s\) .* missing: model\.layers\.0\.self_attn\.v_proj\.bias"
+    with pytest.raises(CheckpointError, match=at(path / "model.safetensors", message)):
+        load_model(path)
+
+
+def test_int4_layer_missing_its_scale_is_named(tmp_path):
+    _, path = write_int4(tmp_path / "int4")
+    edit_tensors(path / "model.safetensors", remove("model.layers.1.mlp.up_proj.weight_scale"))
+    message = r"layer 'model\.layers\.1\.mlp\.up_proj'.*missing weight_scale"
+    with pytest.raises(CheckpointError, match=at(path / "model.safetensors", message)):
+        load_model(path)
