@@ -60,10 +60,10 @@ def _from_hub_cache(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as err:  # the hub raises several unrelated types for "not cached"
+    except (OSError, ValueError) as err:  # LocalEntryNotFoundError (not cached), HFValidationError (bad id)
         raise FileNotFoundError(
-            f"model {repo_id!r} is not in the local Hugging Face cache and nothing is downloaded; "
-            f"fetch it on a connected machine first or pass a local directory ({type(err).__name__})"
+            f"model {repo_id!r} is not a local directory and not in the local Hugging Face cache; nothing "
+            f"is downloaded: fetch it on a connected machine or pass a local directory ({type(err).__name__})"
         ) from err
 
 

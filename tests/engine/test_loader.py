@@ -358,8 +358,9 @@ def test_hub_id_not_in_the_cache_is_a_clear_error_without_download(monkeypatch, 
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"model 'GSAI-ML/LLaDA-8B-Instruct' is not in the local "
-                                                r"Hugging Face cache and nothing is downloaded"):
+    message = (r"model 'GSAI-ML/LLaDA-8B-Instruct' is not a local directory and not in the local Hugging "
+               r"Face cache; nothing is downloaded")
+    with pytest.raises(FileNotFoundError, match=message):
         load_model("GSAI-ML/LLaDA-8B-Instruct")
     assert list(tmp_path.iterdir()) == []  # nothing was written to the cache either
 
