@@ -132,8 +132,10 @@ def check_int4_tensors(weight_packed: torch.Tensor, weight_scale: torch.Tensor,
             raise ValueError(f"weight_scale has {groups} groups, which do not divide in_features {k}")
         group_size = k // groups
     if group_size <= 0 or k % group_size or k // group_size != groups:
-        raise ValueError(f"group_size {group_size} does not fit: in_features {k} needs "
-                         f"{k / group_size if group_size > 0 else 'inf'} groups, weight_scale has {groups}")
+        whole = group_size > 0 and k % group_size == 0
+        need = f"{k // group_size} groups" if whole else "a whole number of groups"
+        raise ValueError(f"group_size {group_size} does not fit: in_features {k} needs {need}, "
+                         f"weight_scale has {groups}")
     if not bool(torch.isfinite(weight_scale).all()):
         raise ValueError("weight_scale contains inf or NaN")
     return n, k, group_size
