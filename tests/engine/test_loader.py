@@ -4,6 +4,7 @@ tensor names and config keys), presets and hub ids; dtypes; and every way a chec
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -354,8 +355,6 @@ def test_hub_id_in_the_local_cache_loads_offline(monkeypatch, tmp_path, no_netwo
 
 
 def test_hub_id_not_in_the_cache_is_a_clear_error_without_download(monkeypatch, tmp_path, no_network):
-    import os
-
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     message = (r"model 'GSAI-ML/LLaDA-8B-Instruct' is not a local directory and not in the local Hugging "
