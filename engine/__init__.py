@@ -2,6 +2,9 @@
 ids, `Int4Linear`, the diffusion sampler and the serving engine."""
 
 from .loader import CheckpointError, load_model, read_config
+from .params import DiffusionParams
+from .sampler import StepEvent, generate, iter_generate
 from .tokenizer import SpecialIds, load_tokenizer, special_ids
 
-__all__ = ["CheckpointError", "SpecialIds", "load_model", "load_tokenizer", "read_config", "special_ids"]
+__all__ = ["CheckpointError", "DiffusionParams", "SpecialIds", "StepEvent", "generate", "iter_generate",
+           "load_model", "load_tokenizer", "read_config", "special_ids"]

@@ -1,13 +1,13 @@
 """DiffusionParams: validation names allowed values, family defaults, rounding of defaults that do not fit."""
 
 import pytest
-
 from inkwell.engine import DiffusionParams
 
 
 def test_family_defaults():
     llada = DiffusionParams().resolve("llada")
-    assert (llada.gen_length, llada.block_length, llada.steps, llada.remasking) == (128, 32, 128, "low_confidence")
+    assert (llada.gen_length, llada.block_length, llada.steps) == (128, 32, 128)
+    assert llada.remasking == "low_confidence"
     dream = DiffusionParams().resolve("Dream")  # a config's model_type works too
     assert (dream.gen_length, dream.block_length, dream.steps, dream.remasking) == (128, 128, 128, "entropy")
     assert (dream.temperature, dream.cache, dream.cfg_scale, dream.eps) == (0.0, "none", 0.0, 1e-3)
@@ -39,7 +39,7 @@ def test_defaults_that_do_not_fit_are_rounded(given, expected):
     ({"eps": 1.0}, r"eps must be in \(0, 1\)"),
     ({"threshold": 1.5}, r"threshold must be in \(0, 1\]"),
     ({"threshold": 0.9, "remasking": "origin"}, "threshold needs a ranked remasking"),
-    ({"alg_temp": 0.5, "remasking": "low_confidence"}, r"alg_temp applies only to remasking in \['maskgit_plus'"),
+    ({"alg_temp": 0.5, "remasking": "random"}, r"alg_temp applies only to remasking in \['maskgit_plus'"),
     ({"alg_temp": 0.5, "remasking": "entropy", "threshold": 0.9}, "set only one of them"),
     ({"cfg_scale": -0.5}, "cfg_scale must be"),
     ({"seed": -1}, "seed must be an integer >= 0"),
