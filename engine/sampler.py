@@ -44,9 +44,8 @@ def guided(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-def _pad_left(seqs: list[torch.Tensor], attn: list[torch.Tensor], pad_id: int):
-    """ids, attention mask [S, L] with every sequence right-aligned; mask None when nothing is padded."""
-    length = max(len(s) for s in seqs)
+def _pad_left(seqs: list[torch.Tensor], attn: list[torch.Tensor], pad_id: int, length: int):
+    """ids, attention mask [S, length] with every sequence right-aligned; mask None when nothing is padded."""
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long, device=seqs[0].device)
     mask = torch.zeros((len(seqs), length), dtype=torch.long, device=seqs[0].device)
     for i, (s, a) in enumerate(zip(seqs, attn, strict=True)):
@@ -55,10 +54,11 @@ def _pad_left(seqs: list[torch.Tensor], attn: list[torch.Tensor], pad_id: int):
     return ids, (None if bool(mask.all()) else mask)
 
 
-def _batch(rows: list[Row]):
+def _batch(rows: list[Row], length: int | None = None):
+    """The forward batch of `rows`, left-padded to `length` (default: the longest row)."""
     seqs = [s for r in rows for s in r.sequences()]
     attn = [r.attn for r in rows for _ in r.sequences()]
-    return _pad_left(seqs, attn, rows[0].ids.eos_id)
+    return _pad_left(seqs, attn, rows[0].ids.eos_id, length or max(len(s) for s in seqs))
 
 
 @dataclass(eq=False)
@@ -69,6 +69,7 @@ class CacheGroup:
 
     cache: KVCache
     rows: list[Row]
+    length: int  # the padded length of the forward that filled the cache
     start: int
     end: int
 
@@ -136,17 +137,17 @@ def _form_groups(rows: list[Row], cache: KVCache, length: int, keeps) -> None:
         keep = [i for r in members for i in index[r]]
         if keep != list(range(at)):
             sub.select(torch.tensor(keep, device=members[0].tokens.device))
-        group = CacheGroup(cache=sub, rows=members, start=start, end=end)
+        group = CacheGroup(cache=sub, rows=members, length=length, start=start, end=end)
         for r in members:
             r.group = group
 
 
 def _cached_step(model: nn.Module, group: CacheGroup) -> dict[Row, Outcome]:
     rows = list(group.rows)
-    ids, mask = _batch(rows)
+    ids, mask = _batch(rows, group.length)
     logits = model(ids[:, group.start : group.end], attention_mask=mask, kv_cache=group.cache,
                    start=group.start)  # [S, end - start, V]
-    firsts = [ids.shape[1] - len(r.tokens) + r.block_span()[0] - group.start for r in rows]
+    firsts = [group.length - len(r.tokens) + r.block_span()[0] - group.start for r in rows]
     return _apply_rows(rows, logits, firsts)
 
 

@@ -16,6 +16,15 @@ MASK, EOS = 511, 510
 ALGORITHMS = ["low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny forwards run fastest on one thread (and far faster than two on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def llada64():
     return load_model("tiny-llada", dtype=torch.float64)
