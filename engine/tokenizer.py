@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from .loader import read_config, resolve_model_path
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only load_tokenizer needs it
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     if path is None:
         raise ValueError(f"preset {str(path_or_name)!r} has random weights and no tokenizer; "
                          "use a model directory or 'inkwell-tiny'")
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:

@@ -32,6 +32,7 @@ print(json.dumps({{
     "cuda_initialized": torch.cuda.is_initialized(),
     "threads": sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()),
     "public": sorted(getattr(sys.modules["{module}"], "__all__", [])),
+    "heavy": sorted(m for m in ("transformers", "huggingface_hub", "triton") if m in sys.modules),
 }}))
 """
 
@@ -47,5 +48,7 @@ def test_import_on_a_cpu_only_machine_is_quick_and_quiet(module):
     assert report["cuda_initialized"] is False
     assert report["threads"] == []
     assert report["elapsed"] < 10, f"import {module} took {report['elapsed']:.1f} s"
+    # transformers and the hub client cost seconds: they load when a tokenizer or hub id is first used
+    assert report["heavy"] == [], f"import {module} pulled in {report['heavy']}"
     if module == "inkwell.engine":  # the public surface of DESIGN section 9
         assert {"load_model", "load_tokenizer"} <= set(report["public"])
