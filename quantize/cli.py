@@ -1,11 +1,48 @@
-"""`inkwell-quantize`: writes int4 checkpoints (RTN, GPTQ, FAIR-Calib)."""
+"""`inkwell-quantize`: writes int4 checkpoints (RTN, GPTQ, FAIR-Calib) in the `pack-quantized` format.
 
+    inkwell-quantize --model inkwell-tiny --method fair-calib --group-size 128 --out out/tiny-int4
+
+Every hyperparameter is a flag derived from `QuantizeSettings` and recorded in the checkpoint's
+`quantization_config.inkwell` block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+
+from .pipeline import quantize_model
+from .settings import add_arguments, from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inkwell-quantize", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="model directory, embedded name or cached hub id")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_arguments(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.stderr.write("inkwell-quantize: quantization is not built yet (issue #6 'quantize/')\n")
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        settings = from_args(args)
+        inkwell = quantize_model(args.model, settings, args.out)
+    except ValueError as err:
+        sys.stderr.write(f"inkwell-quantize: error: {err}\n")
+        return 2
+    summary = {k: inkwell[k] for k in ("method", "source_model", "prior_path") if k in inkwell}
+    sys.stdout.write(f"wrote {args.out}: {json.dumps(summary)}\n")
+    return 0
 
 
 if __name__ == "__main__":
