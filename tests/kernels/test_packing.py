@@ -17,8 +17,10 @@ from inkwell.kernels import (
     unpack_int4,
 )
 
-ct_helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers",
-                                 reason="the bit-exact tests need compressed-tensors (a dev dependency)")
+
+def _compressed_tensors(module: str):
+    return pytest.importorskip(f"compressed_tensors.{module}",
+                               reason="the bit-exact tests need compressed-tensors (a dev dependency)")
 
 
 def _codes(seed: int, n: int, k: int) -> torch.Tensor:
@@ -50,6 +52,7 @@ def test_pack_unpack_round_trip_any_word(rows):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 7), words=st.integers(1, 12))
 def test_bit_exact_with_compressed_tensors_packer(seed, n, words):
+    ct_helpers = _compressed_tensors("compressors.pack_quantized.helpers")
     q = _codes(seed, n, 8 * words)
     packed = pack_int4(q)
     assert torch.equal(packed, ct_helpers.pack_to_int32(q, 4))
@@ -59,8 +62,9 @@ def test_bit_exact_with_compressed_tensors_packer(seed, n, words):
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("group_size", [32, 128])
 def test_compressed_tensors_compressor_writes_the_same_tensors(group_size, scale_dtype):
-    from compressed_tensors.compressors import PackedQuantizationCompressor
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    PackedQuantizationCompressor = _compressed_tensors("compressors").PackedQuantizationCompressor
+    quantization = _compressed_tensors("quantization")
+    QuantizationArgs, QuantizationScheme = quantization.QuantizationArgs, quantization.QuantizationScheme
 
     w = torch.randn(40, 256, generator=torch.Generator().manual_seed(group_size))
     q, scales = quantize_groups(w, group_size, scale_dtype)
