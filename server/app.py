@@ -1,0 +1,160 @@
+"""The FastAPI app, its routes, and `serve`, which runs it under uvicorn with Inkwell's own SIGTERM drain.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
+`GET /metrics`, and a placeholder at `/` until the canvas page lands. Every route but `/` and `/health`
+requires the API key when one is configured (`Authorization: Bearer KEY`, compared in constant time, never
+logged). CORS is off unless origins are given.
+
+Shutdown: uvicorn's own signal handling would stop accepting connections, and sse-starlette's automatic
+drain would cut open streams. `DrainingServer` replaces uvicorn's `handle_exit`: the first SIGTERM/SIGINT
+only moves the state to draining (new requests get 503 while the port stays open), and uvicorn's
+`on_tick` lets the server exit once every open generation is done or `drain_timeout` has passed; a second
+signal exits at once. The process then exits 0.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+
+import torch
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sse_starlette.sse import AppStatus
+
+from . import errors
+from .errors import Unauthorized, Unavailable
+from .metrics import CONTENT_TYPE
+from .middleware import RequestContext
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .serving import ChatServing, CompletionServing
+from .settings import ServerSettings
+from .state import ServerState
+
+logger = logging.getLogger("inkwell.server")
+
+PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>Inkwell</title></head><body>
+<h1>Inkwell</h1><p>OpenAI-compatible diffusion LLM server. API under <code>/v1</code>; the canvas page is
+not built yet.</p></body></html>"""
+
+
+def create_app(settings: ServerSettings, engine_factory) -> FastAPI:
+    state = ServerState(settings, engine_factory)
+    app = FastAPI(title="Inkwell", version="0.1.0", lifespan=_lifespan(state))
+    app.state.inkwell = state
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+    app.include_router(_api_router(state, settings.api_key))
+    app.include_router(_public_router(state))
+    return app
+
+
+def _lifespan(state: ServerState):
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state.start_loading()
+        yield
+        state.shutdown()
+
+    return lifespan
+
+
+def _key_check(api_key: str | None):
+    expected = api_key.encode() if api_key else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+        if not ok:
+            raise Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>')",
+                               code="invalid_api_key")
+
+    return check
+
+
+def _api_router(state: ServerState, api_key: str | None) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(_key_check(api_key))])
+    chat, completion = ChatServing(state), CompletionServing(state)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await chat.create(body, request)
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await completion.create(body, request)
+
+    @router.get("/v1/models")
+    async def models() -> ModelList:
+        state.require_ready()
+        return ModelList(data=[ModelCard(id=m.name, created=m.created, root=m.source,
+                                         max_model_len=m.max_length, quantization=m.quantization)
+                               for m in state.models.values()])
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+def _public_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> Response:
+        try:
+            state.require_ready()
+        except Unavailable as err:
+            return errors.error_response(err)
+        return JSONResponse({"status": "ok", "models": sorted(state.models)})
+
+    @router.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return PLACEHOLDER
+
+    return router
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with Inkwell's drain: the first signal drains, the exit waits for open generations."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame) -> None:  # called in the main thread by signal.signal
+        if self.state.phase == "draining":
+            logger.warning("second signal %s: exiting now", signal.Signals(sig).name)
+            self.should_exit = self.force_exit = True
+        else:
+            self.state.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.drained():
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(settings: ServerSettings, engine_factory) -> int:
+    """Run the server until it is drained; 0 on a clean exit."""
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    AppStatus.disable_automatic_graceful_drain()  # our drain, not sse-starlette's (DESIGN section 8)
+    app = create_app(settings, engine_factory)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = DrainingServer(config, app.state.inkwell)
+    server.run()
+    return 0 if server.started else 1

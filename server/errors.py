@@ -1,0 +1,123 @@
+"""The one place where exceptions become HTTP statuses and OpenAI error bodies.
+
+`to_api_error` maps anything raised while serving to an `ApiError` (status, OpenAI `type`, `param`,
+`code`, extra headers); `error_response` renders it as `{"error": {message, type, param, code}}`, and
+stream generators send the same body as a `data:` line once streaming has begun. Request-validation
+errors, which FastAPI would answer with 422, are 400s here; a field the schema does not declare is
+`unsupported: <field>`. Unexpected exceptions are logged with their traceback and answered with a 500
+that names no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine_client import DeadlineExceeded as EngineDeadline
+from .engine_client import EngineClosed, QueueFull
+from .protocol import ErrorInfo, ErrorResponse
+
+logger = logging.getLogger("inkwell.server")
+
+
+class ApiError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.headers = message, param, code, headers or {}
+
+
+class BadRequest(ApiError):
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "authentication_error"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found_error"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "invalid_request_error"
+
+
+class Overloaded(ApiError):
+    status, type = 429, "rate_limit_error"
+
+
+class Unavailable(ApiError):
+    status, type = 503, "service_unavailable"
+
+
+class DeadlineExceeded(ApiError):
+    status, type = 504, "timeout_error"
+
+
+def _validation_error(errors: list[dict]) -> BadRequest:
+    """The first pydantic error as one message; an undeclared field is `unsupported: <field>`."""
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if err.get("type") == "extra_forbidden":
+        return BadRequest(f"unsupported: {param}", param=param, code="unsupported_field")
+    if err.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and not loc[1:]:
+        return BadRequest(f"the body must be a JSON object ({err.get('msg')})", code="invalid_json")
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return BadRequest(f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map any exception raised while serving a request to its `ApiError`."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(list(exc.errors()))
+    if isinstance(exc, ValidationError):
+        return _validation_error(exc.errors())
+    if isinstance(exc, QueueFull):
+        return Overloaded(f"the request queue is full ({exc}); retry later", code="queue_full",
+                          headers={"Retry-After": "1"})
+    if isinstance(exc, EngineDeadline):
+        return DeadlineExceeded(f"the request passed its deadline ({exc})", code="request_timeout")
+    if isinstance(exc, EngineClosed):
+        return Unavailable(f"the engine shut down ({exc})", code="engine_closed")
+    if isinstance(exc, StarletteHTTPException):
+        kind = {404: NotFound, 405: BadRequest, 413: PayloadTooLarge}.get(exc.status_code, BadRequest)
+        err = kind(str(exc.detail), code="http_error")
+        err.status = exc.status_code
+        return err
+    if isinstance(exc, ValueError):  # parameter validation at the engine/sampler boundary
+        return BadRequest(str(exc), code="invalid_value")
+    logger.error("unhandled error while serving a request", exc_info=exc)
+    return ApiError("internal server error", code="internal_error")
+
+
+def error_body(err: ApiError) -> dict:
+    info = ErrorInfo(message=err.message, type=err.type, param=err.param, code=err.code)
+    return ErrorResponse(error=info).model_dump()
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    err = to_api_error(exc)
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
+
+
+def install(app: FastAPI) -> None:
+    """Route every exception an endpoint raises through `error_response`."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    for kind in (ApiError, RequestValidationError, StarletteHTTPException, QueueFull, EngineDeadline,
+                 ValueError, Exception):
+        app.add_exception_handler(kind, handle)
