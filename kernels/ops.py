@@ -31,8 +31,21 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def _op_defined() -> bool:
+    try:
+        torch.ops.inkwell.int4_matmul  # noqa: B018 (lookup only)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+# Registered once per process. From the repository root this file can also be imported a second time
+# under another name: `kernels/` is then importable as the top-level package `kernels`, which
+# transformers probes for the Hugging Face `kernels` library. That copy must not register again.
+_REGISTER = not _op_defined()
 _LIB = torch.library.Library("inkwell", "FRAGMENT")  # the registration handle: keeps the op defined
-_LIB.define("int4_matmul(Tensor x, Tensor weight, Tensor scales, int group_size) -> Tensor")
+if _REGISTER:
+    _LIB.define("int4_matmul(Tensor x, Tensor weight, Tensor scales, int group_size) -> Tensor")
 
 
 def int4_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -53,15 +66,16 @@ def _int4_matmul_kernel(x: torch.Tensor, weight: torch.Tensor, scales: torch.Ten
     return out if x.ndim == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-_LIB.impl("int4_matmul", _int4_matmul_kernel, "CPU")
-_LIB.impl("int4_matmul", _int4_matmul_kernel, "CUDA")
-
-
-@torch.library.register_fake("inkwell::int4_matmul", lib=_LIB)
 def _int4_matmul_fake(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
                       group_size: int) -> torch.Tensor:
     n = weight.shape[0] if weight.dtype == torch.uint8 else weight.shape[1]
     return x.new_empty((*x.shape[:-1], n))
+
+
+if _REGISTER:
+    _LIB.impl("int4_matmul", _int4_matmul_kernel, "CPU")
+    _LIB.impl("int4_matmul", _int4_matmul_kernel, "CUDA")
+    torch.library.register_fake("inkwell::int4_matmul", _int4_matmul_fake, lib=_LIB)
 
 
 def _qweight_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,

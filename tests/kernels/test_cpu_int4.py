@@ -110,3 +110,20 @@ def test_import_does_not_touch_triton_or_cuda():
             "assert 'triton' not in sys.modules, 'triton imported'; "
             "assert not torch.cuda.is_initialized(), 'cuda initialised'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("first, second", [("inkwell.kernels", "kernels"), ("kernels", "inkwell.kernels")])
+def test_a_second_import_under_the_folder_name_does_not_register_the_op_again(first, second):
+    # from the repository root, `kernels/` is also the top-level package `kernels`, which transformers
+    # imports when it probes for the Hugging Face `kernels` library
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[2]
+    code = (f"import importlib, torch; importlib.import_module({first!r}); "
+            f"importlib.import_module({second!r}); "
+            "from inkwell.kernels import int4_matmul, pack_int4; "
+            "x = torch.ones(1, 8); qw = pack_int4(torch.ones(2, 8, dtype=torch.int8)).T.contiguous(); "
+            "assert int4_matmul(x, qw, torch.ones(1, 2), 8).tolist() == [[8.0, 8.0]]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=root)
