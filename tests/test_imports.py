@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,17 @@ def test_import_on_a_cpu_only_machine_is_quick_and_quiet(module):
     assert report["heavy"] == [], f"import {module} pulled in {report['heavy']}"
     if module == "inkwell.engine":  # the public surface of DESIGN section 9
         assert {"load_model", "load_tokenizer"} <= set(report["public"])
+
+
+def test_top_level_folders_do_not_break_libraries_that_probe_their_names():
+    """Run from the repository root (as `python -m pytest` and `make` do), `kernels/` is also importable as
+    plain `kernels`, the name of a hub package transformers probes with `import kernels` when it loads its
+    model classes (compressed-tensors does so at import). Importing the folder a second time under that name
+    must be harmless."""
+    root = Path(__file__).parents[1]
+    code = "import inkwell.engine, inkwell.kernels; import transformers.modeling_utils; print('ok')"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
