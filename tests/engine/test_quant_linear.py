@@ -180,3 +180,20 @@ def test_loader_entry_point_without_config_infers_the_group_size():
     with pytest.raises(ValueError, match="group_size 64 does not fit: in_features 64 needs 1 groups"):
         int4_linear_from_tensors(parts, quantization_config(64, []), 64, 32, bias, torch.float32,
                                  torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_int4_linear_on_cuda_uses_the_qweight_layout(dtype):
+    linear = nn.Linear(512, 384, bias=True).to("cuda", dtype)
+    layer = Int4Linear.from_linear(linear, group_size=128)
+    assert layer.layout == "qweight" and layer.qweight.is_cuda and layer.scales.dtype == dtype
+    t = layer.checkpoint_tensors()
+    w = dequantize_int4(t["weight_packed"], t["weight_scale"], torch.float64).cuda()
+    for m in (1, 9, 48):
+        x = torch.randn(m, 512, device="cuda", dtype=dtype)
+        out = layer(x)
+        ref = x.double() @ w.T + linear.bias.double()
+        # fp32 accumulation, W rounded once to `dtype`, one output rounding: well within 2% of the scale
+        assert out.dtype == dtype and float((out.double() - ref).abs().max()) < 0.02 * float(ref.abs().max())
