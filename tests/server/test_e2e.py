@@ -144,7 +144,7 @@ def test_commit_events_replay_to_streamed_text(server, model, tokenizer, stop_id
     body = {"model": model, "messages": MESSAGES, "max_tokens": 32, "commit_events": True,
             "stream_options": {"include_usage": True}, **SAMPLED}
     s = post_stream(server.url, "/v1/chat/completions", body, AUTH)
-    assert s.status == 200 and s.done
+    assert s.status == 200 and s.done and s.headers["x-request-id"]
     assert "\r" not in s.raw and s.raw.endswith("data: [DONE]\n\n")
     assert not any(line.startswith("event:") for line in s.raw.split("\n")), "no named SSE events"
     steps = [e for e in s.events if e.get("inkwell")]
