@@ -47,7 +47,7 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FIXED_CONFIGS = {
     "gemv": {"BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 2},
     "splitk": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 2},
-    "tiled": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32},
+    "tiled": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 1},
 }
 
 
@@ -200,8 +200,6 @@ def int4_matmul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Ten
         rows = m if path == "gemv" else triton.cdiv(m, meta["BLOCK_M"])
         return rows, triton.cdiv(n, meta["BLOCK_N"]), meta.get("SPLIT_K", 1)
 
-    if path == "tiled":
-        config = config if tuned else {**config, "SPLIT_K": 1}
     kernel[grid](x, qweight, scales, out, m, n, k, x.stride(0), x.stride(1), qweight.stride(0),
                  qweight.stride(1), scales.stride(0), scales.stride(1), out.stride(0), out.stride(1),
                  triton.next_power_of_2(m), GROUP_SIZE=group_size, **config)
