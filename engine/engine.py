@@ -168,17 +168,22 @@ class Engine:
         self.submit(request, stream.deliver)
         return stream
 
-    def generate(self, requests: Sequence[EngineRequest], timeout: float | None = None) -> list[EngineResult]:
-        """Run requests to completion (blocking; the queue bound does not apply). Raises the first
-        request's error, if any."""
+    def generate(self, requests: Sequence[EngineRequest], timeout: float | None = None,
+                 on_event: Callable[[int, StepEvent], None] | None = None) -> list[EngineResult]:
+        """Run requests to completion (blocking; the queue bound does not apply) and return their results
+        in order; `on_event(i, event)` sees request i's events on the scheduler thread. Raises the first
+        failed request's error."""
         done = [threading.Event() for _ in requests]
         results: list[object] = [None] * len(requests)
 
         def sink_for(i: int) -> Sink:
             def sink(item: object) -> None:
-                if isinstance(item, (EngineResult, BaseException)):
-                    results[i] = item
-                    done[i].set()
+                if isinstance(item, StepEvent):
+                    if on_event is not None:
+                        on_event(i, item)
+                    return
+                results[i] = item
+                done[i].set()
             return sink
 
         for i, request in enumerate(requests):

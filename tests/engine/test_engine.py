@@ -190,3 +190,15 @@ def test_early_stop_in_the_engine(models):
     first = full.tolist().index(stop)
     assert torch.equal(result.answer[: first + 1], full[: first + 1])
     assert (result.answer[first + 1 :] == 510).all() and result.steps < 16
+
+
+def test_bench_runs_every_mode_on_a_preset(capsys):
+    from inkwell.engine import bench
+
+    bench.main(["--model", "tiny-llada", "--gen-length", "16", "--block-length", "8", "--prompts", "2",
+                "--prompt-length", "4", "--batches", "1,2", "--threads", "1"])
+    out = capsys.readouterr().out
+    for mode in ("reference loop", "threshold 0.9", "threshold + prefix cache", "threshold + dual cache",
+                 "engine batch 1", "engine batch 2"):
+        assert f"| {mode}" in out
+    assert "| reference loop | " in out and "| 100.0% |" in out  # the reference agrees with itself
