@@ -174,3 +174,18 @@ def test_final_text_concatenates_to_the_answer_text(llada64):
     assert "".join(e.final_text for e in events) == decode(answer)
     finals = [len(e.final_text) for e in events]
     assert sum(finals) == 16 and finals[-1] < 16  # text becomes final progressively, left to right
+
+
+def test_int4_model_decodes_with_threshold_and_dual_cache_batched_like_alone():
+    """The sampler only calls the model: an RTN int4 model (CPU int4pack path) works with every mode."""
+    from inkwell.engine.quant_linear import Int4Linear, quantize_model_rtn
+
+    model = load_model("tiny-llada", dtype=torch.float32)
+    quantize_model_rtn(model, group_size=32)
+    assert any(isinstance(m, Int4Linear) for m in model.modules())
+    params = DiffusionParams(gen_length=16, block_length=8, steps=8, threshold=0.004, cache="dual")
+    lengths = [3, 8, 5]
+    batched = run_rows(model, rows_for(model, lengths, [params] * 3, seed=9))
+    alone = [run_rows(model, [r])[0] for r in rows_for(model, lengths, [params] * 3, seed=9)]
+    assert agreement(batched, alone) >= 0.99
+    assert all((a != 511).all() for a in batched)  # every position committed
