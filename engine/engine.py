@@ -29,7 +29,7 @@ from torch import nn
 from .detok import Decode
 from .params import DiffusionParams
 from .rows import Row, StepEvent
-from .sampler import make_row, step_rows
+from .sampler import make_row, new_generator, step_rows
 
 
 class QueueFull(RuntimeError):
@@ -143,15 +143,10 @@ class Engine:
             raise ValueError(f"unknown model {request.model!r}; loaded: {sorted(self.models)}")
         model = self.models[request.model]
         device = next(model.parameters()).device
-        params = request.params
-        seed = request.seed if request.seed is not None else params.seed
-        generator = torch.Generator(device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
+        seed = request.seed if request.seed is not None else request.params.seed
+        generator = new_generator(device, seed)
         as_ids = lambda ids: torch.tensor(list(ids), dtype=torch.long, device=device)
-        return make_row(model, as_ids(request.prompt_ids), params, generator=generator,
+        return make_row(model, as_ids(request.prompt_ids), request.params, generator=generator,
                         stop_ids=request.stop_ids, decode=self.decoders.get(request.model),
                         suffix=as_ids(request.suffix_ids))
 

@@ -21,7 +21,7 @@ from .models.layers import KVCache
 from .params import DiffusionParams, family_of
 from .rows import Commit, Row, RowIds, StepEvent
 
-__all__ = ["Commit", "StepEvent", "generate", "iter_generate", "make_row", "step_rows"]
+__all__ = ["Commit", "StepEvent", "generate", "iter_generate", "make_row", "new_generator", "step_rows"]
 
 Outcome = StepEvent | Exception
 
@@ -192,35 +192,47 @@ def step_rows(model: nn.Module, rows: Sequence[Row], max_tokens: int | None = No
     return [out[r] for r in rows]
 
 
+def new_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
+    """A request's own generator: seeded, or from a non-deterministic seed when `seed` is None."""
+    generator = torch.Generator(device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _check_inputs(config, prompt: torch.Tensor, suffix: torch.Tensor, gen_length: int) -> None:
+    if prompt.ndim != 1 or len(prompt) == 0 or prompt.dtype != torch.long:
+        raise ValueError(f"a prompt must be a non-empty 1-D LongTensor, got shape {tuple(prompt.shape)} "
+                         f"{prompt.dtype}")
+    ids = torch.cat([prompt, suffix])
+    if bool((ids < 0).any() or (ids >= config.vocab_size).any()):
+        raise ValueError(f"prompt and suffix token ids must be in [0, {config.vocab_size})")
+    total = len(prompt) + gen_length + len(suffix)
+    if total > config.max_length:
+        raise ValueError(f"prompt ({len(prompt)}) + canvas ({gen_length}) + suffix ({len(suffix)}) = "
+                         f"{total} tokens exceeds the model's context length {config.max_length}")
+
+
 def make_row(model: nn.Module, prompt: torch.Tensor, params: DiffusionParams, *,
              attn: torch.Tensor | None = None, generator: torch.Generator | None = None,
              stop_ids: Sequence[int] = (), eos_id: int | None = None, decode: Decode | None = None,
              suffix: torch.Tensor | None = None) -> Row:
-    """A row for one prompt [P] (long; `attn` [P] marks its real tokens, default all)."""
+    """A row for one prompt [P] (long; `attn` [P] marks its real tokens, default all) and an optional
+    suffix [S] after the canvas (infilling)."""
     config = model.config
     params = params.resolve(config.model_type)
-    if prompt.ndim != 1 or len(prompt) == 0 or prompt.dtype != torch.long:
-        raise ValueError(f"a prompt must be a non-empty 1-D LongTensor, got shape {tuple(prompt.shape)} "
-                         f"{prompt.dtype}")
     suffix = prompt.new_zeros(0) if suffix is None else suffix
-    total = len(prompt) + params.gen_length + len(suffix)
-    if total > config.max_length:
-        raise ValueError(f"prompt ({len(prompt)}) + canvas ({params.gen_length}) + suffix ({len(suffix)}) = "
-                         f"{total} tokens exceeds the model's context length {config.max_length}")
+    _check_inputs(config, prompt, suffix, params.gen_length)
     eos_id = config.eos_token_id if eos_id is None else eos_id
     if eos_id is None:
         raise ValueError("the model config names no eos_token_id; pass eos_id")
-    canvas = prompt.new_full((params.gen_length,), config.mask_token_id)
-    tokens = torch.cat([prompt, canvas, suffix])
+    tokens = torch.cat([prompt, prompt.new_full((params.gen_length,), config.mask_token_id), suffix])
     attn = torch.ones_like(prompt) if attn is None else attn.to(torch.long)
-    if generator is None:
-        generator = torch.Generator(prompt.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
     return Row(tokens=tokens, attn=torch.cat([attn, torch.ones_like(tokens[len(prompt) :])]),
-               prompt_len=len(prompt), params=params, generator=generator,
+               prompt_len=len(prompt), params=params,
+               generator=generator or new_generator(prompt.device, params.seed),
                ids=RowIds(config.mask_token_id, int(eos_id), tuple(int(i) for i in stop_ids)),
                shift=1 if family_of(config.model_type) == "dream" else 0, decode=decode)
 
@@ -234,7 +246,7 @@ def _rows(model, input_ids, params, attention_mask, generators, **kwargs) -> lis
     for b in range(len(input_ids)):
         gen = generators[b] if generators is not None else None
         if gen is None and params.seed is not None:  # row b of a seeded batch uses seed + b
-            gen = torch.Generator(input_ids.device).manual_seed(params.seed + b)
+            gen = new_generator(input_ids.device, params.seed + b)
         attn = attention_mask[b] if attention_mask is not None else None
         rows.append(make_row(model, input_ids[b], params, attn=attn, generator=gen, **kwargs))
     return rows

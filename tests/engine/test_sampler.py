@@ -306,5 +306,7 @@ def test_prompt_too_long_and_bad_inputs_are_rejected(llada64):
         generate(llada64, torch.zeros(1, 1000, dtype=torch.long), DiffusionParams(gen_length=32))
     with pytest.raises(ValueError, match="non-empty 1-D LongTensor"):
         generate(llada64, torch.zeros(1, 0, dtype=torch.long), DiffusionParams(gen_length=32))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 512\)"):
+        generate(llada64, torch.tensor([[3, 512]]), DiffusionParams(gen_length=32))
     with pytest.raises(ValueError, match=r"input_ids must be \[B, P\]"):
         generate(llada64, torch.zeros(3, dtype=torch.long), DiffusionParams(gen_length=32))
