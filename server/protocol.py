@@ -104,7 +104,6 @@ class TextPart(Request):
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = None
 
     @property
     def text(self) -> str:

@@ -107,6 +107,8 @@ class Serving:
     async def create(self, request: SamplingFields, raw: Request) -> Response:
         served = self.state.model(request.model)
         job = self.convert(request, served)
+        logger.debug("request %s: model %s, user %r, n %d, canvas %d", raw.state.request_id, served.name,
+                     request.user, request.n, job.params.gen_length)
         gen = Generation(self.state.engine, job, self.state.metrics, raw.state.request_id,
                          self.state.generations)
         await gen.start()
