@@ -129,13 +129,16 @@ class Engine:
     def submit(self, request: EngineRequest, sink: Sink, *, bounded: bool = True) -> None:
         """Queue a request; `sink` receives each StepEvent, then an EngineResult or an exception.
         Raises ValueError for an invalid request and QueueFull when the queue is full."""
-        slot = _Slot(request, self._row(request), sink)
+        self._enqueue([_Slot(request, self._row(request), sink)], bounded)
+
+    def _enqueue(self, slots: list[_Slot], bounded: bool) -> None:
+        """Queue slots together, so that they join at the same step boundary."""
         with self._cv:
             if self._stopping:
                 raise EngineClosed("the engine is shut down")
-            if bounded and len(self._waiting) >= self.max_queue:
+            if bounded and len(self._waiting) + len(slots) > self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue {self.max_queue})")
-            self._waiting.append(slot)
+            self._waiting.extend(slots)
             self._cv.notify()
 
     def _row(self, request: EngineRequest) -> Row:
@@ -181,8 +184,7 @@ class Engine:
                 done[i].set()
             return sink
 
-        for i, request in enumerate(requests):
-            self.submit(request, sink_for(i), bounded=False)
+        self._enqueue([_Slot(r, self._row(r), sink_for(i)) for i, r in enumerate(requests)], bounded=False)
         for event in done:
             if not event.wait(timeout):
                 raise TimeoutError(f"engine.generate did not finish within {timeout} s")

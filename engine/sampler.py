@@ -11,11 +11,11 @@ A failing forward is retried row by row, so an error fails only the rows that ca
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .cache_groups import CacheGroup, form_groups, merge_groups
 from .detok import Decode
 from .models.layers import KVCache
 from .params import DiffusionParams, family_of
@@ -61,37 +61,6 @@ def _batch(rows: list[Row], length: int | None = None):
     return _pad_left(seqs, attn, rows[0].ids.eos_id, length or max(len(s) for s in seqs))
 
 
-@dataclass(eq=False)
-class CacheGroup:
-    """Rows whose keys/values were computed in one full forward at their block start, and the slice
-    [start, end) of the padded sequence that their cached steps recompute (prefix: block to the end;
-    dual: the block only)."""
-
-    cache: KVCache
-    rows: list[Row]
-    length: int  # the padded length of the forward that filled the cache
-    start: int
-    end: int
-
-    def leave(self, row: Row) -> None:
-        keep, at = [], 0
-        for r in self.rows:
-            n = len(r.sequences())
-            if r is not row:
-                keep.extend(range(at, at + n))
-            at += n
-        self.rows.remove(row)
-        row.group = None
-        if self.rows:
-            self.cache.select(torch.tensor(keep, device=row.tokens.device))
-
-
-def _cache_slice(row: Row, length: int) -> tuple[int, int]:
-    offset = length - len(row.tokens)
-    start, end = row.block_span()
-    return offset + start - row.shift, (length if row.params.cache == "prefix" else offset + end)
-
-
 def _apply_rows(rows: list[Row], logits: torch.Tensor, starts: list[int]) -> dict[Row, Outcome]:
     """Slice each row's guided block logits out of the batch output and step the row."""
     out: dict[Row, Outcome] = {}
@@ -118,28 +87,9 @@ def _full_step(model: nn.Module, rows: list[Row]) -> dict[Row, Outcome]:
     blocks = {r: r.block for r in rows}
     out = _apply_rows(rows, logits, [length - len(r.tokens) + r.block_span()[0] for r in rows])
     if cache is not None:
-        _form_groups(rows, cache, length, lambda r: not r.done and r.block == blocks[r]
+        form_groups(rows, cache, length, lambda r: not r.done and r.block == blocks[r]
                      and r.params.cache != "none" and not isinstance(out[r], Exception))
     return out
-
-
-def _form_groups(rows: list[Row], cache: KVCache, length: int, keeps) -> None:
-    """Split the filled cache into groups of rows that recompute the same slice at their next step."""
-    index, at, by_slice = {}, 0, {}
-    for r in rows:
-        index[r] = list(range(at, at + len(r.sequences())))
-        at += len(index[r])
-        if keeps(r):
-            by_slice.setdefault(_cache_slice(r, length), []).append(r)
-    for (start, end), members in by_slice.items():
-        sub = KVCache()
-        sub.layers = list(cache.layers)
-        keep = [i for r in members for i in index[r]]
-        if keep != list(range(at)):
-            sub.select(torch.tensor(keep, device=members[0].tokens.device))
-        group = CacheGroup(cache=sub, rows=members, length=length, start=start, end=end)
-        for r in members:
-            r.group = group
 
 
 def _cached_step(model: nn.Module, group: CacheGroup) -> dict[Row, Outcome]:
@@ -180,12 +130,14 @@ def _isolated(step, model: nn.Module, rows: list[Row], arg) -> dict[Row, Outcome
 
 
 @torch.no_grad()
+@torch.no_grad()
 def step_rows(model: nn.Module, rows: Sequence[Row], max_tokens: int | None = None) -> list[Outcome]:
     """Advance every row by one denoising step; one outcome (event or exception) per row, in order."""
     groups = list(dict.fromkeys(r.group for r in rows if r.group is not None))
+    assert all(r in rows for g in groups for r in g.rows), "a cache group is stepped whole"
     full = [r for r in rows if r.group is None]
     out: dict[Row, Outcome] = {}
-    for group in groups:
+    for group in merge_groups(groups, max_tokens):
         out |= _isolated(_cached_step, model, list(group.rows), group)
     for chunk in _chunks(full, max_tokens):
         out |= _isolated(_full_step, model, chunk, chunk)

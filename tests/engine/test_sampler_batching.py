@@ -189,3 +189,35 @@ def test_int4_model_decodes_with_threshold_and_dual_cache_batched_like_alone():
     alone = [run_rows(model, [r])[0] for r in rows_for(model, lengths, [params] * 3, seed=9)]
     assert agreement(batched, alone) >= 0.99
     assert all((a != 511).all() for a in batched)  # every position committed
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.calls = model, model.config, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_rows_joining_at_different_steps_share_cached_forwards(llada64, cache):
+    """Cache groups from different forwards merge (caches left-padded to one length): one cached forward
+    per step for the whole batch, and every row still gives its output alone."""
+    model = Counting(llada64)
+    params = DiffusionParams(gen_length=32, block_length=16, steps=32, cache=cache)
+    rows = rows_for(llada64, [3, 9, 6], [params] * 3, seed=10)
+    active = []
+    for step in range(37):  # the last row joins at step 5 and takes 32 steps
+        if step in (0, 2, 5):  # rows join at step boundaries, one at a time
+            active.append(rows[len(active)])
+        step_rows(model, [r for r in active if not r.done])
+    assert all(r.done for r in rows)
+    expected = 0  # per step: one full forward if a row starts a block, one cached forward per block index
+    for step in range(37):
+        ages = [step - j for j in (0, 2, 5) if 0 <= step - j < 32]
+        expected += any(a % 16 == 0 for a in ages) + len({a // 16 for a in ages if a % 16})
+    assert model.calls == expected == 46  # unmerged, every row would run its own: 96
+    alone = [run_rows(llada64, [r])[0] for r in rows_for(llada64, [3, 9, 6], [params] * 3, seed=10)]
+    assert all(torch.equal(r.answer, a) for r, a in zip(rows, alone, strict=True))
