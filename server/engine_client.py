@@ -13,14 +13,12 @@ from inkwell.engine.engine import (
     EngineClosed,
     EngineRequest,
     QueueFull,
-    RequestCancelled,
 )
 
 from .models import ServedModel
 from .settings import ServerSettings
 
-__all__ = ["DeadlineExceeded", "Engine", "EngineClosed", "EngineRequest", "QueueFull", "RequestCancelled",
-           "make_engine"]
+__all__ = ["DeadlineExceeded", "Engine", "EngineClosed", "EngineRequest", "QueueFull", "make_engine"]
 
 
 def make_engine(models: dict[str, ServedModel], settings: ServerSettings) -> Engine:

@@ -63,6 +63,12 @@ class DeadlineExceeded(ApiError):
     status, type = 504, "timeout_error"
 
 
+class ClientClosed(ApiError):
+    """The client went away before a non-streaming answer was ready (nginx's 499; nobody reads it)."""
+
+    status, type = 499, "client_closed_request"
+
+
 def _validation_error(errors: list[dict]) -> BadRequest:
     """The first pydantic error as one message; an undeclared field is `unsupported: <field>`."""
     err = errors[0]

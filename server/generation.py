@@ -14,7 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from inkwell.engine import DiffusionParams, StepEvent
 
@@ -52,9 +52,7 @@ class Row:
     choice: ChoiceText
     timer: RequestTimer
     events: AsyncIterator[StepEvent]
-    steps: int = 0
     closed: bool = False
-    finished: bool = field(default=False)
 
 
 class Generation:
@@ -139,7 +137,6 @@ class Generation:
             row.timer.content()
 
     def _end(self, row: Row) -> None:
-        row.finished = True
         row.timer.end(row.choice.finish_reason or "length", self.prompt_tokens, row.choice.completion_tokens)
 
     async def _close_row(self, row: Row) -> None:

@@ -21,7 +21,7 @@ from inkwell.engine import DiffusionParams
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from .errors import BadRequest, to_api_error
+from .errors import BadRequest, ClientClosed, to_api_error
 from .generation import Generation, Job, RowUpdate
 from .models import ServedModel
 from .protocol import (
@@ -175,7 +175,9 @@ class Serving:
             if not collect.done():
                 collect.cancel()
             await gen.close()
-        texts, reasons = collect.result()  # raises the row's error, or CancelledError if the client left
+        if collect.cancelled():
+            raise ClientClosed("the client disconnected; its rows were cancelled", code="client_closed")
+        texts, reasons = collect.result()  # raises a row's error
         return self.response(gen, texts, reasons, self._usage(gen))
 
     @staticmethod

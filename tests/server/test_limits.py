@@ -114,6 +114,14 @@ def test_cancelled_stream_frees_its_batch_slot(limited):
     assert r.status_code == 200 and time.monotonic() - start < 3  # the slot is free, not held by the LONG row
 
 
+def test_non_streaming_client_that_leaves_is_cancelled(limited):
+    assert wait_for(lambda: gauge(limited, "num_requests_running") == 0)
+    body = LONG | {"commit_events": False}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(limited.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
+    assert wait_for(lambda: gauge(limited, "num_requests_running") == 0, timeout=2)
+
+
 def test_deadline_is_504_or_an_error_chunk_once_streaming(limited):
     """Two requests that need longer than the 5 s timeout: the streaming one (running) ends with an error
     chunk, the non-streaming one (queued behind it, then running) is a 504."""

@@ -8,11 +8,12 @@ from fastapi.exceptions import RequestValidationError
 from inkwell.engine.engine import DeadlineExceeded, QueueFull
 from inkwell.server import cli
 from inkwell.server.choice import ChoiceText
-from inkwell.server.errors import to_api_error
+from inkwell.server.errors import Unavailable, to_api_error
 from inkwell.server.models import ServedModel
 from inkwell.server.protocol import ChatCompletionRequest, CompletionRequest
 from inkwell.server.serving import diffusion_params
 from inkwell.server.settings import DEFAULT_MODELS, ServerSettings
+from inkwell.server.state import ServerState
 from pydantic import ValidationError
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -143,6 +144,15 @@ def test_explicit_inconsistent_values_are_rejected():
         diffusion_params(chat(max_tokens=32, block_length=8, steps=3), 32, served())
     with pytest.raises(ValueError, match="alg_temp"):
         diffusion_params(chat(remasking="low_confidence", alg_temp=0.5), None, served())
+
+
+def test_a_model_that_fails_to_load_is_a_503_naming_the_reason(tmp_path):
+    state = ServerState(ServerSettings(models=(("m", str(tmp_path / "missing")),)), engine_factory=None)
+    state._load_all()
+    assert state.phase == "failed"
+    with pytest.raises(Unavailable) as info:
+        state.model("m")
+    assert info.value.status == 503 and "missing" in info.value.message and info.value.code == "load_failed"
 
 
 # ---- command line ------------------------------------------------------------------------------------
