@@ -9,7 +9,8 @@ Shutdown: uvicorn's own signal handling would stop accepting connections, and ss
 drain would cut open streams. `DrainingServer` replaces uvicorn's `handle_exit`: the first SIGTERM/SIGINT
 only moves the state to draining (new requests get 503 while the port stays open), and uvicorn's
 `on_tick` lets the server exit once every open generation is done or `drain_timeout` has passed; a second
-signal exits at once. The process then exits 0.
+signal exits at once. The process then exits 0. If a model fails to load, the server exits 1 after
+logging why (until then `/health` says 503 with the reason).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class DrainingServer(uvicorn.Server):
             self.state.begin_drain()
 
     async def on_tick(self, counter: int) -> bool:
-        if self.state.drained():
+        if self.state.drained() or self.state.phase == "failed":
             self.should_exit = True
         return await super().on_tick(counter)
 
@@ -157,4 +158,4 @@ def serve(settings: ServerSettings, engine_factory) -> int:
                             timeout_graceful_shutdown=5, lifespan="on")
     server = DrainingServer(config, app.state.inkwell)
     server.run()
-    return 0 if server.started else 1
+    return 0 if server.started and server.state.phase != "failed" else 1

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from .conftest import ServerProcess
 from .sse import parse
 
 # commit_events: a chunk every step, so "the stream has begun" is observable at once
@@ -40,6 +41,12 @@ def test_port_opens_at_once_and_answers_503_until_models_are_loaded(limited):
     assert health.status_code == 503 and health.json()["error"]["code"] == "loading"
     assert completion.status_code == 503 and completion.headers["retry-after"]
     assert httpx.get(limited.url + "/health").status_code == 200
+
+
+def test_a_model_that_cannot_load_exits_1_with_the_reason(tmp_path):
+    server = ServerProcess(["--model", f"broken={tmp_path / 'missing'}"], tmp_path / "log")
+    assert server.proc.wait(timeout=60) == 1
+    assert "missing" in server.log.read_text()
 
 
 def gauge(server, name: str, model: str = "tiny") -> float:
