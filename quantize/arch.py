@@ -23,6 +23,8 @@ class Family:
     # Linear layers of a block, in groups that see the same input, in the order the block computes them
     groups: tuple[tuple[str, ...], ...]
     kv: tuple[str, ...]  # the key and value projections
+    final_norm: str  # after the last block
+    head: str  # the output head ("" = tied to the embedding)
 
     def heads(self, config) -> tuple[int, int, int]:
         """(query heads, key/value heads, head dim)."""
@@ -33,12 +35,13 @@ class Family:
 FAMILIES = {
     "llada": Family(blocks="model.transformer.blocks", embed="model.transformer.wte", attn_norm="attn_norm",
                     attn="", groups=(("q_proj", "k_proj", "v_proj"), ("attn_out",), ("ff_proj", "up_proj"),
-                                     ("ff_out",)), kv=("k_proj", "v_proj")),
+                                     ("ff_out",)), kv=("k_proj", "v_proj"),
+                    final_norm="model.transformer.ln_f", head="model.transformer.ff_out"),
     "Dream": Family(blocks="model.layers", embed="model.embed_tokens", attn_norm="input_layernorm",
                     attn="self_attn", groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                                               ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
                                               ("mlp.down_proj",)),
-                    kv=("self_attn.k_proj", "self_attn.v_proj")),
+                    kv=("self_attn.k_proj", "self_attn.v_proj"), final_norm="model.norm", head="lm_head"),
 }
 
 
@@ -92,3 +95,31 @@ def attention_probs(model: nn.Module, block: nn.Module, x: torch.Tensor, inputs:
     if inputs.key_mask is not None:
         scores = scores.masked_fill(~inputs.key_mask, -torch.inf)
     return scores.softmax(-1).mean(1)  # [B, L, L]
+
+
+@torch.no_grad()
+def final_hidden(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The normalised hidden states [B, L, D] that the output head reads."""
+    x, inputs = embed(model, ids, attention_mask)
+    for index, block in enumerate(blocks(model)):
+        x = inputs.run(block, x, index)
+    return model.get_submodule(family(model).final_norm)(x)
+
+
+def head(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Output head on hidden states [..., D] -> logits [..., V] (tied to the embedding when it has none)."""
+    fam = family(model)
+    try:
+        return model.get_submodule(fam.head)(h)
+    except AttributeError:
+        return h @ model.get_submodule(fam.embed).weight.T
+
+
+@torch.no_grad()
+def logits_at(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              positions: torch.Tensor) -> torch.Tensor:
+    """Logits at chosen positions, the output head applied there only. positions: [B] -> [B, V], or
+    [B, n] -> [B, n, V]; the same numbers as `model(ids, attention_mask)` at those positions."""
+    h = final_hidden(model, ids, attention_mask)
+    rows = torch.arange(len(ids)).view(-1, *([1] * (positions.ndim - 1)))
+    return head(model, h[rows, positions])

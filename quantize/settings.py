@@ -113,10 +113,17 @@ class QuantizeSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _bool(text: str) -> bool:
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _flag_type(f):
     t = str(f.type)
     if "bool" in t:
-        return lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()]
+        return _bool
     if "int" in t:
         return int
     if "float" in t:
@@ -124,9 +131,9 @@ def _flag_type(f):
     return str
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per settings field, its default and help taken from the field."""
-    for f in fields(QuantizeSettings):
+def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
+    """One `--flag` per field of the settings dataclass `cls`, its default and help taken from the field."""
+    for f in fields(cls or QuantizeSettings):
         flag = "--" + f.name.replace("_", "-")
         required = f.default is MISSING
         help_text = f.metadata["help"] + ("" if required else f" (default: {f.default})")
@@ -140,5 +147,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=f.default, **kwargs)
 
 
-def from_args(args: argparse.Namespace) -> QuantizeSettings:
-    return QuantizeSettings(**{f.name: getattr(args, f.name) for f in fields(QuantizeSettings)})
+def from_args(args: argparse.Namespace, cls=None):
+    cls = cls or QuantizeSettings
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

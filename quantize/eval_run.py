@@ -1,0 +1,187 @@
+"""`EvalSettings` and `run_eval`: every candidate against the FP reference, on shared FP-teacher
+trajectories, under each commit order; returns the JSON-ready result (values, 95 % CIs, paired
+differences, lag CCDFs). Prompts and NLL text come from the reference's `heldout/test.json` (the split
+calibration never sees), or `--eval-file`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from inkwell.engine import load_model, load_tokenizer, special_ids
+from inkwell.engine.loader import resolve_model_path
+from inkwell.engine.params import REMASKING, DiffusionParams, family_of
+from torch import nn
+from tqdm import tqdm
+
+from . import calibration, evaluate
+from .fidelity import PerPrompt, bootstrap_ci, ccdf, flip_rate, probe_summary, served_commits
+from .pipeline import rollout_params
+from .settings import _f
+
+FP = "FP"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    prompts: int = _f(200, "held-out prompts (the bootstrap resamples these)")
+    prompt_tokens: int = _f(48, "longest prompt, in tokens")
+    eval_file: str | None = _f(None, "prompt/NLL text file (default: the reference's heldout/test.json)")
+    orders: str = _f("low_confidence,random", "commit orders of the teacher trajectories (comma-separated)")
+    gen_length: int | None = _f(None, "canvas (default: as served)")
+    steps: int | None = _f(None, "denoising steps (default: as served)")
+    block_length: int | None = _f(None, "semi-AR block (default: as served)")
+    probe_stride: int = _f(1, "re-mask probes every this many steps (and on the final canvas)")
+    probe_positions: int = _f(0, "probed positions per prompt (0 = every served commit)")
+    free_running: bool = _f(True, "also generate with each candidate and compare with the teacher")
+    nll_windows: int = _f(64, "held-out windows for masked-token NLL")
+    nll_length: int = _f(256, "tokens per NLL window")
+    nll_ratios: str = _f("0.15,0.5,0.9", "mask ratios of the NLL (comma-separated)")
+    baseline: str | None = _f(None, "candidate label the others are paired against (default: the first)")
+    bootstrap: int = _f(2000, "bootstrap resamples")
+    seed: int = _f(1, "seed of prompt choice, probe sampling and NLL masks")
+    batch_size: int = _f(32, "rows per forward")
+    threads: int | None = _f(None, "torch CPU threads (1 is fastest on a busy CPU)")
+
+    def __post_init__(self) -> None:
+        for order in self.order_list:
+            if order not in REMASKING:
+                raise ValueError(f"unknown order {order!r}; allowed: {list(REMASKING)}")
+        for name in ("prompts", "prompt_tokens", "probe_stride", "nll_length", "bootstrap", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def order_list(self) -> list[str]:
+        return [o.strip() for o in self.orders.split(",") if o.strip()]
+
+    @property
+    def ratio_list(self) -> list[float]:
+        return [float(r) for r in self.nll_ratios.split(",") if r.strip()]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def eval_text(reference: str, model: nn.Module, s: EvalSettings):
+    """(prompts, NLL token stream, stop ids, source) from held-out test text, or random tokens for a
+    model without a tokenizer."""
+    path = resolve_model_path(reference)
+    try:
+        tokenizer = load_tokenizer(reference) if path is not None else None
+    except ValueError:
+        tokenizer = None
+    if tokenizer is None:
+        c = model.config
+        special = {c.mask_token_id, c.eos_token_id, c.bos_token_id, c.pad_token_id}
+        vocab = getattr(c, "padded_vocab", c.vocab_size)
+        prompts = calibration.random_prompts(vocab, special, s.prompts, s.prompt_tokens, s.seed + 1000)
+        stream = calibration.random_prompts(vocab, special, 1, s.nll_length * 4, s.seed + 2000)[0]
+        return prompts, stream, (c.eos_token_id,), "synthetic random tokens"
+    source = s.eval_file or (path / "heldout" / "test.json")
+    texts = calibration.read_texts(source)
+    prompts = calibration.chat_prompts(texts, tokenizer, s.prompts, s.prompt_tokens, s.seed)
+    stream = []
+    for at in range(0, len(texts), 8):  # dialogue turns, as the model was trained on
+        turns = [{"role": "user" if j % 2 == 0 else "assistant", "content": t}
+                 for j, t in enumerate(texts[at : at + 8])]
+        stream += list(tokenizer.apply_chat_template(turns))
+    return prompts, torch.tensor(stream), special_ids(reference, tokenizer).stop_ids, str(source)
+
+
+def _with_ci(x: PerPrompt, s: EvalSettings, other: PerPrompt | None = None) -> dict:
+    return bootstrap_ci(x, other, s.bootstrap, s.seed)
+
+
+def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettings) -> dict:
+    base = rollout_params(resolve_model_path(reference), s)
+    params = DiffusionParams(**{**base.to_dict(), "remasking": order}).resolve(ref.config.model_type)
+    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})")
+    canvas = evaluate.make_canvas(ref, prompts)
+    counted = served_commits(traj.commit_step, traj.tokens, stops)
+    chosen = evaluate.sample_positions(counted, s.probe_positions, s.seed)
+    grid = evaluate.probe_steps(traj.steps, s.probe_stride)
+    text = served_commits(traj.commit_step, traj.tokens, stops) & _upto_stop(traj.tokens, stops)
+    raw: dict[str, dict] = {}
+    for label, model in tqdm([(FP, ref), *cands.items()], desc=f"models ({order})", unit="model"):
+        agree = evaluate.probes(model, traj, canvas, chosen, grid, s.batch_size, f"probes {label}")
+        raw[label] = {"probe": probe_summary(agree, grid, traj.commit_step)}
+        if label == FP:
+            continue
+        argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}")
+        raw[label]["flip"] = flip_rate(argmax != traj.tokens, counted)
+        if s.free_running:
+            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}")
+            same = (own == traj.tokens) & text
+            raw[label]["free"] = PerPrompt(same.sum(1).double(), text.sum(1).double())
+    return {"params": params.to_dict(), "commits": int(counted.sum()), "probed_positions": int(chosen.sum()),
+            "probe_steps": grid.tolist(), **_summarise(raw, cands, traj.steps, s)}
+
+
+def _upto_stop(tokens: torch.Tensor, stops) -> torch.Tensor:
+    k = tokens.shape[1]
+    hits = torch.isin(tokens, torch.tensor(stops))
+    stop = torch.where(hits.any(1), hits.float().argmax(1).long(), torch.full((len(tokens),), k - 1))
+    return torch.arange(k)[None, :] <= stop[:, None]
+
+
+def _summarise(raw: dict, cands: dict, horizon: int, s: EvalSettings) -> dict:
+    baseline = s.baseline or next(iter(cands))
+    models, paired, floor = {}, {}, {}
+    for label, r in raw.items():
+        p = r["probe"]
+        never_settles = float(torch.isinf(p.lags).double().mean()) if len(p.lags) else 0.0
+        models[label] = {"mean_disagree": _with_ci(p.mean_disagree, s),
+                         "never_agree": _with_ci(p.never_agree, s),
+                         "lag_ccdf": ccdf(p.lags, horizon)[1], "lag_never_settles": never_settles}
+        for key, name in (("flip", "flip_rate"), ("free", "free_running_agreement")):
+            if key in r:
+                models[label][name] = _with_ci(r[key], s)
+        if label != FP:
+            floor[label] = {"mean_disagree": _with_ci(p.mean_disagree, s, raw[FP]["probe"].mean_disagree),
+                            "never_agree": _with_ci(p.never_agree, s, raw[FP]["probe"].never_agree)}
+        if label not in (FP, baseline):
+            b = raw[baseline]
+            paired[label] = {"mean_disagree": _with_ci(p.mean_disagree, s, b["probe"].mean_disagree),
+                             "never_agree": _with_ci(p.never_agree, s, b["probe"].never_agree),
+                             "flip_rate": _with_ci(r["flip"], s, b["flip"])}
+            if "free" in r:
+                paired[label]["free_running_agreement"] = _with_ci(r["free"], s, b["free"])
+    return {"models": models, "minus_fp_floor": floor, "baseline": baseline, "minus_baseline": paired}
+
+
+def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
+    g = torch.Generator().manual_seed(s.seed)
+    length = min(s.nll_length, len(stream) - 1)
+    starts = torch.randint(0, len(stream) - length, (s.nll_windows,), generator=g)
+    windows = torch.stack([stream[a : a + length] for a in starts.tolist()])
+    dream = family_of(ref.config.model_type) == "dream"
+    baseline = s.baseline or next(iter(cands))
+    out = {}
+    for ratio in s.ratio_list:
+        masks = evaluate.nll_masks(windows, ratio, s.seed, dream)
+        per = {label: PerPrompt(*evaluate.masked_nll(m, windows, masks, s.batch_size))
+               for label, m in [(FP, ref), *cands.items()]}
+        out[str(ratio)] = {
+            "models": {label: _with_ci(v, s) for label, v in per.items()},
+            "minus_fp": {label: _with_ci(v, s, per[FP]) for label, v in per.items() if label != FP},
+            "minus_baseline": {label: _with_ci(v, s, per[baseline]) for label, v in per.items()
+                               if label not in (FP, baseline)}}
+    return {"windows": s.nll_windows, "length": length, "ratios": out}
+
+
+def run_eval(reference: str, candidates: dict[str, str], s: EvalSettings) -> dict:
+    """The full evaluation of `candidates` ({label: path}) against `reference`."""
+    ref = load_model(reference, dtype=torch.float32)
+    cands = {label: evaluate.dequantized(load_model(path, dtype=torch.float32))
+             for label, path in candidates.items()}
+    if s.baseline is not None and s.baseline not in cands:
+        raise ValueError(f"baseline {s.baseline!r} is not a candidate label; labels: {list(cands)}")
+    prompts, stream, stops, source = eval_text(reference, ref, s)
+    result = {"reference": reference, "candidates": candidates, "settings": s.to_dict(), "text": source,
+              "prompts": len(prompts), "stop_ids": list(stops), "orders": {}}
+    for order in s.order_list:
+        result["orders"][order] = _order(ref, cands, prompts, stops, order, reference, s)
+    result["nll"] = _nll(ref, cands, stream, s)
+    return result

@@ -1,0 +1,78 @@
+"""`inkwell-eval` end to end on a tiny preset: an FP copy of the reference scores as the reference does
+(no flips, the FP floor, zero NLL difference, full agreement), an int4 candidate does not; probes and
+frontier argmaxes are those of direct forwards."""
+
+import json
+
+import pytest
+import torch
+from inkwell.engine import DiffusionParams, load_model
+from inkwell.engine.checkpoint import save_model
+from inkwell.quantize import evaluate
+from inkwell.quantize.cli import main as quantize_main
+from inkwell.quantize.eval_cli import main, parse_candidates
+from inkwell.quantize.trajectory import rollouts
+
+ARGS = ["--prompts", "8", "--gen-length", "16", "--block-length", "8", "--nll-windows", "4", "--nll-length",
+        "32", "--bootstrap", "200", "--probe-stride", "4", "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    save_model(load_model("tiny-llada"), root / "fp-copy")
+    assert quantize_main(["--model", "tiny-llada", "--method", "rtn", "--group-size", "0", "--bits", "3",
+                          "--out", str(root / "rtn3")]) == 0
+    out = root / "eval.json"
+    assert main(["--reference", "tiny-llada", "--candidate", f"copy={root / 'fp-copy'}",
+                 "--candidate", str(root / "rtn3"), "--json", str(out), "--plots", str(root / "plots"),
+                 *ARGS]) == 0
+    return json.loads(out.read_text()), root
+
+
+def test_fp_copy_scores_as_the_reference(result):
+    r, _ = result
+    for order in ("low_confidence", "random"):
+        o = r["orders"][order]
+        copy, fp = o["models"]["copy"], o["models"]["FP"]
+        assert copy["flip_rate"]["value"] == 0
+        assert copy["mean_disagree"] == fp["mean_disagree"] and copy["lag_ccdf"] == fp["lag_ccdf"]
+        assert copy["free_running_agreement"]["value"] == 1.0
+        assert o["minus_fp_floor"]["copy"]["never_agree"]["value"] == 0
+    for ratio in r["nll"]["ratios"].values():
+        assert ratio["minus_fp"]["copy"]["value"] == 0
+
+
+def test_three_bit_rtn_is_worse_than_the_copy(result):
+    r, root = result
+    o = r["orders"]["low_confidence"]
+    assert o["baseline"] == "copy"
+    assert o["models"]["rtn3"]["flip_rate"]["value"] > 0
+    assert o["minus_baseline"]["rtn3"]["flip_rate"]["low"] > 0
+    assert r["nll"]["ratios"]["0.5"]["minus_fp"]["rtn3"]["value"] != 0  # random weights: no sign expected
+    assert {p.name for p in (root / "plots").iterdir()} >= {"lag_ccdf_random.png", "flip_rate_random.png"}
+
+
+def test_probes_and_frontier_match_direct_forwards():
+    model = load_model("tiny-llada")
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    traj = rollouts(model, prompts, DiffusionParams(gen_length=8, block_length=4, remasking="random", seed=3))
+    canvas = evaluate.make_canvas(model, prompts)
+    # the teacher's own argmax on its states is what it committed
+    assert torch.equal(evaluate.frontier_argmax(model, traj, canvas, 4, "t"), traj.tokens)
+    grid = evaluate.probe_steps(traj.steps, 3)
+    assert grid.tolist() == [3, 6, 8]
+    agree = evaluate.probes(model, traj, canvas, torch.ones_like(traj.tokens, dtype=torch.bool), grid, 5, "p")
+    r, i, s = 1, int(traj.commit_step[1].argmin()), 1  # the first commit of row 1, probed before step 6
+    ids, mask = canvas.ids(traj.state(6)[r : r + 1], slice(r, r + 1))
+    ids[0, canvas.prompt_ids.shape[1] + i] = model.config.mask_token_id
+    logits = model(ids, attention_mask=mask)[0, canvas.prompt_ids.shape[1] + i]
+    logits[model.config.mask_token_id] = -torch.inf
+    assert agree[r, i, s] == int(logits.argmax() == traj.tokens[r, i])
+    assert (agree[traj.commit_step[:, :, None] >= grid[None, None, :]] == -1).all()
+
+
+def test_candidate_labels():
+    assert parse_candidates(["a=/x/y", "/p/q"]) == {"a": "/x/y", "q": "/p/q"}
+    with pytest.raises(ValueError, match="used twice"):
+        parse_candidates(["/a/q", "/b/q"])
