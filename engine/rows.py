@@ -9,6 +9,7 @@ gives the same output batched or alone (DESIGN section 4).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from .remasking import (
     llada_schedule,
     propose,
 )
+
+if TYPE_CHECKING:
+    from .cache_groups import CacheGroup
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Row:
     step: int = 0
     nfe: int = 0
     done: bool = False
-    group: object | None = None  # the CacheGroup holding this row's keys/values within a block
+    group: CacheGroup | None = None  # holds this row's keys/values within a block
     schedule: list[int] = field(default_factory=list)
     final_upto: int = 0
     detok: IncrementalDetokenizer = field(init=False)
