@@ -1,9 +1,9 @@
 """The FastAPI app, its routes, and `serve`, which runs it under uvicorn with Inkwell's own SIGTERM drain.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
-`GET /metrics`, and a placeholder at `/` until the canvas page lands. Every route but `/` and `/health`
-requires the API key when one is configured (`Authorization: Bearer KEY`, compared in constant time, never
-logged). CORS is off unless origins are given.
+`GET /metrics`, and the canvas page at `/` with its files under `/static` (package data in `static/`).
+Every route but `/`, `/static` and `/health` requires the API key when one is configured (`Authorization:
+Bearer KEY`, compared in constant time, never logged). CORS is off unless origins are given.
 
 Shutdown: uvicorn's own signal handling would stop accepting connections, and sse-starlette's automatic
 drain would cut open streams. `DrainingServer` replaces uvicorn's `handle_exit`: the first SIGTERM/SIGINT
@@ -18,12 +18,14 @@ from __future__ import annotations
 import hmac
 import logging
 import signal
+from pathlib import Path
 
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import AppStatus
 
 from . import errors
@@ -37,9 +39,7 @@ from .state import ServerState
 
 logger = logging.getLogger("inkwell.server")
 
-PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>Inkwell</title></head><body>
-<h1>Inkwell</h1><p>OpenAI-compatible diffusion LLM server. API under <code>/v1</code>; the canvas page is
-not built yet.</p></body></html>"""
+STATIC = Path(__file__).parent / "static"  # the canvas page: plain HTML, CSS and JavaScript modules
 
 
 def create_app(settings: ServerSettings, engine_factory) -> FastAPI:
@@ -53,6 +53,7 @@ def create_app(settings: ServerSettings, engine_factory) -> FastAPI:
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     app.include_router(_api_router(state, settings.api_key))
     app.include_router(_public_router(state))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -121,9 +122,9 @@ def _public_router(state: ServerState) -> APIRouter:
             return errors.error_response(err)
         return JSONResponse({"status": "ok", "models": sorted(state.models)})
 
-    @router.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return PLACEHOLDER
+    @router.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     return router
 
