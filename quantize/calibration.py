@@ -58,14 +58,19 @@ def default_calib_file(model: str) -> Path | None:
     return file if file.is_file() else None
 
 
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of `messages` under the model's chat template."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=False)
+    return list(ids)
+
+
 def chat_prompts(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int) -> list[torch.Tensor]:
     """n single-turn chat prompts of at most `max_tokens` tokens, texts drawn in a seeded order."""
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     prompts = []
     for i in order:
-        message = [{"role": "user", "content": texts[i]}]
-        ids = tokenizer.apply_chat_template(message, add_generation_prompt=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = chat_ids(tokenizer, [{"role": "user", "content": texts[i]}], add_generation_prompt=True)
         if len(ids) <= max_tokens:
             prompts.append(torch.tensor(ids, dtype=torch.long))
         if len(prompts) == n:

@@ -49,7 +49,8 @@ def _fmt(ci: dict, scale: float = 100.0) -> str:
 def table(result: dict) -> str:
     lines = []
     for order, r in result["orders"].items():
-        lines.append(f"\n== {order}: {result['prompts']} prompts, {r['commits']} commits, "
+        lines.append(f"\n== {order}: {result['prompts']} prompts, {r['scored_commits']} of {r['commits']} "
+                     f"served commits scored, "
                      f"{r['probed_positions']} probed positions; values in % with 95 % CI ==")
         lines.append(f"{'model':<22}{'flip rate':>24}{'mean-disagree':>24}{'never-agree':>24}"
                      f"{'free-run agree':>24}")

@@ -32,6 +32,8 @@ class EvalSettings:
     gen_length: int | None = _f(None, "canvas (default: as served)")
     steps: int | None = _f(None, "denoising steps (default: as served)")
     block_length: int | None = _f(None, "semi-AR block (default: as served)")
+    flip_stride: int = _f(1, "score the frontier at every this many steps (a systematic sample "
+                             "of the commits; 1 = every commit)")
     probe_stride: int = _f(1, "re-mask probes every this many steps (and on the final canvas)")
     probe_positions: int = _f(0, "probed positions per prompt (0 = every served commit)")
     free_running: bool = _f(True, "also generate with each candidate and compare with the teacher")
@@ -48,7 +50,8 @@ class EvalSettings:
         for order in self.order_list:
             if order not in REMASKING:
                 raise ValueError(f"unknown order {order!r}; allowed: {list(REMASKING)}")
-        for name in ("prompts", "prompt_tokens", "probe_stride", "nll_length", "bootstrap", "batch_size"):
+        for name in ("prompts", "prompt_tokens", "flip_stride", "probe_stride", "nll_length", "bootstrap",
+                     "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -86,7 +89,7 @@ def eval_text(reference: str, model: nn.Module, s: EvalSettings):
     for at in range(0, len(texts), 8):  # dialogue turns, as the model was trained on
         turns = [{"role": "user" if j % 2 == 0 else "assistant", "content": t}
                  for j, t in enumerate(texts[at : at + 8])]
-        stream += list(tokenizer.apply_chat_template(turns))
+        stream += calibration.chat_ids(tokenizer, turns)
     return prompts, torch.tensor(stream), special_ids(reference, tokenizer).stop_ids, str(source)
 
 
@@ -100,6 +103,7 @@ def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettin
     traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})")
     canvas = evaluate.make_canvas(ref, prompts)
     counted = served_commits(traj.commit_step, traj.tokens, stops)
+    scored = counted & (traj.commit_step % s.flip_stride == 0)
     chosen = evaluate.sample_positions(counted, s.probe_positions, s.seed)
     grid = evaluate.probe_steps(traj.steps, s.probe_stride)
     text = served_commits(traj.commit_step, traj.tokens, stops) & _upto_stop(traj.tokens, stops)
@@ -109,13 +113,15 @@ def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettin
         raw[label] = {"probe": probe_summary(agree, grid, traj.commit_step)}
         if label == FP:
             continue
-        argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}")
-        raw[label]["flip"] = flip_rate(argmax != traj.tokens, counted)
+        argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}",
+                                          s.flip_stride)
+        raw[label]["flip"] = flip_rate(argmax != traj.tokens, scored)
         if s.free_running:
             own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}")
             same = (own == traj.tokens) & text
             raw[label]["free"] = PerPrompt(same.sum(1).double(), text.sum(1).double())
-    return {"params": params.to_dict(), "commits": int(counted.sum()), "probed_positions": int(chosen.sum()),
+    return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
+            "probed_positions": int(chosen.sum()),
             "probe_steps": grid.tolist(), **_summarise(raw, cands, traj.steps, s)}
 
 

@@ -69,11 +69,12 @@ def _argmax(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def frontier_argmax(model: nn.Module, traj: Trajectories, canvas: Canvas, batch_size: int,
-                    desc: str) -> torch.Tensor:
-    """[R, K]: the model's argmax at each position on the teacher's state at that position's commit step."""
+                    desc: str, stride: int = 1) -> torch.Tensor:
+    """[R, K]: the model's argmax at each position on the teacher's state at that position's commit step
+    (steps t with t % stride == 0 only; -1 elsewhere)."""
     out = torch.full_like(traj.tokens, -1)
     k = traj.tokens.shape[1]
-    for t in tqdm(range(traj.steps), desc=desc, unit="step", leave=False):
+    for t in tqdm(range(0, traj.steps, stride), desc=desc, unit="step", leave=False):
         state = traj.state(t)
         for at in range(0, len(state), batch_size):
             rows = slice(at, at + batch_size)

@@ -14,7 +14,7 @@ from inkwell.quantize.eval_cli import main, parse_candidates
 from inkwell.quantize.trajectory import rollouts
 
 ARGS = ["--prompts", "8", "--gen-length", "16", "--block-length", "8", "--nll-windows", "4", "--nll-length",
-        "32", "--bootstrap", "200", "--probe-stride", "4", "--batch-size", "64"]
+        "32", "--bootstrap", "200", "--probe-stride", "4", "--batch-size", "64", "--flip-stride", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_fp_copy_scores_as_the_reference(result):
         assert copy["flip_rate"]["value"] == 0
         assert copy["mean_disagree"] == fp["mean_disagree"] and copy["lag_ccdf"] == fp["lag_ccdf"]
         assert copy["free_running_agreement"]["value"] == 1.0
+        assert 0 < o["scored_commits"] < o["commits"]  # every other step's commits (--flip-stride 2)
         assert o["minus_fp_floor"]["copy"]["never_agree"]["value"] == 0
     for ratio in r["nll"]["ratios"].values():
         assert ratio["minus_fp"]["copy"]["value"] == 0
