@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidate", action="append", required=True, help="[LABEL=]PATH (repeatable)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--plots", default=None, help="directory for PNG plots")
+    parser.add_argument("--markdown", default=None, help="also write the tables as Markdown here")
     add_arguments(parser, EvalSettings)
     return parser
 
@@ -71,6 +72,51 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _md(ci: dict | None, scale: float = 100.0, digits: int = 2) -> str:
+    if ci is None:
+        return "-"
+    v, lo, hi = (ci[k] * scale for k in ("value", "low", "high"))
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+METRICS = (("flip_rate", "flip rate"), ("mean_disagree", "mean-disagree"), ("never_agree", "never-agree"),
+           ("free_running_agreement", "free-run agreement"))
+
+
+def markdown(result: dict) -> str:
+    """The tables as Markdown: per order, values and paired differences in % with 95 % CIs; then NLL."""
+    out = []
+    for order, r in result["orders"].items():
+        cols = [(k, name) for k, name in METRICS if any(k in m for m in r["models"].values())]
+        head = "| model | " + " | ".join(n for _, n in cols) + " | P(lag > 8) | lag never settles |"
+        rule = "|---" * (len(cols) + 3) + "|"
+        out += [f"\n**{order}**: {result['prompts']} prompts, {r['scored_commits']} of {r['commits']} served "
+                f"commits scored, {r['probed_positions']} positions probed at steps {r['probe_steps']}.\n",
+                head, rule]
+        for label, m in r["models"].items():
+            lag8 = m["lag_ccdf"][8] if len(m["lag_ccdf"]) > 8 else float("nan")
+            out.append(f"| {label} | " + " | ".join(_md(m.get(k)) for k, _ in cols)
+                       + f" | {lag8 * 100:.1f} | {m['lag_never_settles'] * 100:.1f} |")
+        out += [f"\nPaired differences, candidate minus **{r['baseline']}** (percentage points):\n",
+                "| candidate | " + " | ".join(n for _, n in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for label, m in r["minus_baseline"].items():
+            out.append(f"| {label} | " + " | ".join(_md(m.get(k)) for k, _ in cols) + " |")
+        out += ["\nMinus the FP teacher's own probe floor (percentage points):\n",
+                "| candidate | mean-disagree | never-agree |", "|---|---|---|"]
+        for label, m in r["minus_fp_floor"].items():
+            out.append(f"| {label} | {_md(m['mean_disagree'])} | {_md(m['never_agree'])} |")
+    ratios = result["nll"]["ratios"]
+    out += [f"\n**Masked-token NLL** (nats/token; {result['nll']['windows']} windows of "
+            f"{result['nll']['length']} tokens), value and minus FP:\n",
+            "| model | " + " | ".join(f"ratio {r}" for r in ratios) + " | " +
+            " | ".join(f"minus FP @ {r}" for r in ratios) + " |", "|---" * (2 * len(ratios) + 1) + "|"]
+    for label in next(iter(ratios.values()))["models"]:
+        vals = [_md(r["models"][label], 1, 3) for r in ratios.values()]
+        diffs = [_md(r["minus_fp"].get(label), 1, 4) for r in ratios.values()]
+        out.append(f"| {label} | " + " | ".join(vals + diffs) + " |")
+    return "\n".join(out) + "\n"
+
+
 def write_plots(result: dict, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -104,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(table(result) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
     if args.plots:
         result["plots"] = write_plots(result, Path(args.plots))
     return 0

@@ -24,7 +24,8 @@ def result(tmp_path_factory):
     assert quantize_main(["--model", "tiny-llada", "--method", "rtn", "--group-size", "0", "--bits", "3",
                           "--out", str(root / "rtn3")]) == 0
     out = root / "eval.json"
-    assert main(["--reference", "tiny-llada", "--candidate", f"copy={root / 'fp-copy'}",
+    assert main(["--reference", "tiny-llada", "--candidate", f"copy={root / 'fp-copy'}", "--markdown",
+                 str(root / "eval.md"),
                  "--candidate", str(root / "rtn3"), "--json", str(out), "--plots", str(root / "plots"),
                  *ARGS]) == 0
     return json.loads(out.read_text()), root
@@ -52,6 +53,8 @@ def test_three_bit_rtn_is_worse_than_the_copy(result):
     assert o["minus_baseline"]["rtn3"]["flip_rate"]["low"] > 0
     assert r["nll"]["ratios"]["0.5"]["minus_fp"]["rtn3"]["value"] != 0  # random weights: no sign expected
     assert {p.name for p in (root / "plots").iterdir()} >= {"lag_ccdf_random.png", "flip_rate_random.png"}
+    md = (root / "eval.md").read_text()
+    assert "| rtn3 |" in md and "**random**" in md and "minus FP @ 0.5" in md
 
 
 def test_probes_and_frontier_match_direct_forwards():
