@@ -50,6 +50,7 @@ def table(report: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
 
+@pytest.mark.slow
 def test_report_compares_fp_and_int4_with_no_failure(server, tmp_path):
     result = run_loadtest(server.url, tmp_path, API_KEY)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -68,6 +69,7 @@ def test_report_compares_fp_and_int4_with_no_failure(server, tmp_path):
     assert report in result.stdout
 
 
+@pytest.mark.slow
 def test_failed_requests_make_the_run_fail(server, tmp_path):
     result = run_loadtest(server.url, tmp_path, "wrong-key", "--model", "tiny")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
