@@ -1,7 +1,7 @@
 // One side of the comparison: a model's answer canvas filling in from `commit_events` chunks.
 // Each position of the canvas is a cell: masked until a step commits it, marked `fresh` for the step that
-// committed it, `diff` where the other side committed a different token id there, `outside` past
-// max_tokens (the canvas is rounded up to whole blocks). Hovering a committed cell shows its confidence
+// committed it, `diff` where the other side committed a different token id there, `filled` when the
+// sampler stopped early and filled the rest with end-of-sequence, `outside` past max_tokens (the canvas is rounded up to whole blocks). Hovering a committed cell shows its confidence
 // (probability of the committed token) and margin (top-1 minus top-2 probability). The answer below
 // the canvas is the stream's `delta.content`: only the newly final contiguous text, as the API sends it.
 
@@ -64,6 +64,7 @@ export class CanvasView {
       cell.title = describe(c.index, this.commits[c.index]);
       this.fresh.push(cell);
     }
+    if (event.masked_remaining === 0) this.#fillRest();
     this.passes += 1;
     this.#stats(event);
     return event.commits.map((c) => c.index);
@@ -112,6 +113,17 @@ export class CanvasView {
       this.grid.append(cell);
       this.cells.push(cell);
     }
+  }
+
+  // At an early stop (every position before the first stop token committed) the sampler fills the rest of
+  // the canvas with the end-of-sequence token without committing it: no step decided those positions.
+  #fillRest() {
+    this.cells.forEach((cell, index) => {
+      if (!cell.classList.contains("masked")) return;
+      cell.classList.replace("masked", "filled");
+      cell.textContent = "eos";
+      cell.title = `position ${index}: filled with end-of-sequence after the stop token, not committed by a step`;
+    });
   }
 
   #stats(event) {
