@@ -19,7 +19,7 @@ Options, on the command line or through the environment variable after them; Loc
     --model NAMES        INKWELL_MODEL           comma-separated served model names, used in turn
                                                  (default: every model of GET /v1/models)
     --api-key KEY        INKWELL_API_KEY         sent as `Authorization: Bearer KEY`
-    --max-tokens N       INKWELL_MAX_TOKENS      answer length of every request (default 64)
+    --max-tokens N       INKWELL_MAX_TOKENS      answer length of every request (default: the model's)
     --extra-body JSON    INKWELL_EXTRA_BODY      a JSON object merged into every request: diffusion extras
                                                  such as {"steps": 16, "block_length": 32, "remasking":
                                                  "low_confidence", "threshold": 0.9, "cache": "dual"}, or
@@ -60,8 +60,8 @@ def add_options(parser) -> None:
                         help="comma-separated served model names (default: every model of GET /v1/models)")
     parser.add_argument("--api-key", env_var="INKWELL_API_KEY", default="", is_secret=True,
                         help="sent as 'Authorization: Bearer KEY'")
-    parser.add_argument("--max-tokens", env_var="INKWELL_MAX_TOKENS", type=int, default=64,
-                        help="answer length of every request")
+    parser.add_argument("--max-tokens", env_var="INKWELL_MAX_TOKENS", type=int, default=None,
+                        help="answer length of every request (default: the model's)")
     parser.add_argument("--extra-body", env_var="INKWELL_EXTRA_BODY", default="{}",
                         help="JSON object merged into every request (diffusion extras: steps, block_length, "
                              "remasking, threshold, cache, ...)")
@@ -94,7 +94,7 @@ def flush_final_stats(environment, **_) -> None:
 
 def base_body(options) -> dict:
     """The fields every request shares: the extra body, the answer length, streaming with usage."""
-    if options.max_tokens < 1:
+    if options.max_tokens is not None and options.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {options.max_tokens}")
     try:
         extra = json.loads(options.extra_body)
@@ -106,7 +106,8 @@ def base_body(options) -> dict:
     if clash:
         raise ValueError(f"--extra-body may not set {clash}: the load test sets {list(OWN_FIELDS)} itself")
     streaming = {"stream": True, "stream_options": {"include_usage": True}}
-    return extra | {"max_tokens": options.max_tokens} | streaming
+    length = {} if options.max_tokens is None else {"max_tokens": options.max_tokens}
+    return extra | length | streaming
 
 
 def read_prompts(path: str) -> list[str]:

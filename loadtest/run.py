@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-time", default="60s", help="duration per model, Locust's format (default 60s)")
     parser.add_argument("--stop-timeout", default="300s", help="how long running requests may finish after "
                         "the run time (default 300s)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="answer length (default 64)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="answer length (default: the model's)")
     parser.add_argument("--extra-body", default="{}", help="JSON object merged into every request (steps, "
                         "block_length, remasking, threshold, cache, ...)")
     parser.add_argument("--prompts", default=str(HERE / "prompts.txt"), help="one prompt per line")
@@ -92,8 +92,11 @@ def run_locust(args: argparse.Namespace, model: str, prefix: Path, locust_args: 
                "--only-summary", "--host", args.host, "--users", str(args.users),
                "--spawn-rate", str(args.spawn_rate or args.users), "--run-time", args.run_time,
                "--stop-timeout", args.stop_timeout, "--csv", str(prefix),
-               "--html", f"{prefix}.html", "--model", model, "--max-tokens", str(args.max_tokens),
-               "--extra-body", args.extra_body, "--prompts", args.prompts, *locust_args]
+               "--html", f"{prefix}.html", "--model", model, "--extra-body", args.extra_body,
+               "--prompts", args.prompts]
+    if args.max_tokens is not None:
+        command += ["--max-tokens", str(args.max_tokens)]
+    command += locust_args
     print(f"== {model}: {args.users} users for {args.run_time}", flush=True)
     return subprocess.run(command, env=os.environ | {"PYTHONUNBUFFERED": "1"}).returncode
 
@@ -103,8 +106,8 @@ def setup_lines(args: argparse.Namespace, models: list[str]) -> list[tuple[str, 
             ("server", args.host), ("models", ", ".join(f"`{m}`" for m in models)),
             ("load", f"{args.users} users per model, one model at a time, {args.run_time} each, "
                      "no think time"),
-            ("requests", f"streaming chat completions, max_tokens {args.max_tokens}, extra body "
-                         f"`{args.extra_body}`, prompts from `{Path(args.prompts).name}`"),
+            ("requests", f"streaming chat completions, max_tokens {args.max_tokens or 'of the model'}, "
+                         f"extra body `{args.extra_body}`, prompts from `{Path(args.prompts).name}`"),
             ("client", f"Locust {version('locust')}, {os.cpu_count()} CPUs")]
 
 
