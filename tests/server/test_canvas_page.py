@@ -83,21 +83,23 @@ def test_page_references_no_other_host_and_keeps_no_key_on_disk():
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium, as .ci/run does)")
     b = Browser(CHROMIUM)
     yield b
     b.close()
 
 
-def open_page(browser: Browser, url: str) -> None:
-    """Load the page; the server wants a key, so the page asks for it once: give it."""
+def open_page(browser: Browser, url: str, keys: tuple[str, ...] = (API_KEY,)) -> list[str]:
+    """Load the page; the server wants a key, so the page asks for one: give `keys` in turn. The prompts'
+    messages."""
     browser.goto(url + "/")
-    browser.wait_for("document.body.dataset.ready === 'key'", timeout=20)
-    assert "API key" in browser.eval("document.querySelector('#key-message').textContent")
-    browser.eval(f"document.querySelector('#key-input').value = {API_KEY!r}; "
-                 "document.querySelector('#key-form').requestSubmit()")
+    messages = []
+    for key in keys:
+        browser.wait_for("!document.querySelector('#key-form').hidden", timeout=20)
+        messages.append(browser.eval("document.querySelector('#key-message').textContent"))
+        browser.eval(f"document.querySelector('#key-input').value = {key!r}; "
+                     "document.querySelector('#key-form').requestSubmit()")
     browser.wait_for("document.body.dataset.ready === 'yes'", timeout=20)
+    return messages
 
 
 def fill(browser: Browser, settings: dict) -> None:
@@ -128,9 +130,10 @@ def api_canvas(url: str, model: str) -> tuple[str, dict[int, int], int, int]:
     return stream.text_by_choice[0], committed, len(steps), steps[-1]["masked_remaining"]
 
 
+@needs_chromium
 @pytest.mark.slow
-def test_canvases_fill_in_side_by_side_and_end_with_the_api_answer(server, browser, tmp_path):
-    open_page(browser, server.url)
+def test_canvases_fill_in_side_by_side_and_end_with_the_api_answer(browser, server, tmp_path):
+    assert "API key" in open_page(browser, server.url)[0]
     chosen = browser.eval("['#model-a', '#model-b'].map((id) => document.querySelector(id).value)")
     assert chosen == ["tiny", "tiny-int4"]  # the first FP model and the first int4 model
     fill(browser, SETTINGS)
@@ -151,7 +154,13 @@ def test_canvases_fill_in_side_by_side_and_end_with_the_api_answer(server, brows
     differ = sorted(i for i in fp.keys() & int4.keys() if fp[i] != int4[i])
     assert differ, "RTN int4 of random weights should change some commits; the test would show nothing"
     assert panes[0]["diff"] == panes[1]["diff"] == differ
+    assert browser.eval("document.querySelector('#key-form').hidden")  # asked once, not per request
     assert browser.eval("localStorage.length + sessionStorage.length + document.cookie.length") == 0
+    browser.eval("document.querySelector('#pane-b .cell').dispatchEvent(new MouseEvent('mouseover', "
+                 "{bubbles: true}))")
+    inspect = browser.eval("document.querySelector('#pane-b .inspect').textContent")
+    pattern = rf"position 0: token {int4[0]} .*, confidence [01]\.\d{{3}}, margin [01]\.\d{{3}}, .*"
+    assert re.fullmatch(pattern, inspect), inspect
 
     shot = browser.screenshot(tmp_path / "canvas.png")
     image = Image.open(shot).convert("RGB")
@@ -162,9 +171,11 @@ def test_canvases_fill_in_side_by_side_and_end_with_the_api_answer(server, brows
     assert browser.page_errors == []
 
 
+@needs_chromium
 @pytest.mark.slow
-def test_errors_and_chat_mode(server, browser):
-    open_page(browser, server.url)  # a reload forgets the key: the page asks again
+def test_errors_and_chat_mode(browser, server):
+    messages = open_page(browser, server.url, keys=("wrong-key", API_KEY))  # a reload forgets the key
+    assert "refused" not in messages[0] and "refused" in messages[1]
     fill(browser, {"steps": 5, "block_length": 16, "max_tokens": 32})  # 5 steps cannot cover 2 blocks
     browser.eval("document.querySelector('#prompt-form').requestSubmit()")
     browser.wait_for(FINISHED, timeout=20)
@@ -182,4 +193,62 @@ def test_errors_and_chat_mode(server, browser):
     answer = httpx.post(server.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60).json()
     shown = browser.eval(f"{turn}.querySelector('.text').textContent")
     assert shown == answer["choices"][0]["message"]["content"]
+    assert browser.page_errors == []
+
+
+STREAM = """(async () => {
+  const {sseChunks} = await import('/static/api.js');
+  const read = async (parts) => {
+    const bytes = new TextEncoder();
+    const start = (c) => { parts.forEach((p) => c.enqueue(bytes.encode(p))); c.close(); };
+    const body = new ReadableStream({start});
+    const seen = [];
+    try {
+      for await (const chunk of sseChunks(body)) seen.push(chunk);
+      return {seen, error: null};
+    } catch (err) {
+      return {seen, error: err.describe()};
+    }
+  };
+  return [
+    await read([': ping\\n\\n', 'data: {"a": ', '1}\\n', '\\ndata: {"b": 2}\\n\\ndata: [DONE]\\n\\n']),
+    await read(['data: {"a": 1}\\n\\ndata: {"error": {"message": "too slow", "type": "timeout_error"}}\\n\\n',
+                'data: [DONE]\\n\\n']),
+    await read(['data: {"a": 1}\\n\\n']),
+  ];
+})()"""
+
+VIEW = """(async () => {
+  const {CanvasView} = await import('/static/canvas.js');
+  const root = document.querySelector('#pane-a').cloneNode(true);
+  const view = new CanvasView(root);
+  const commit = (index, id) => ({index, token_id: id, text: 't' + id, confidence: 0.5, margin: 0.25});
+  const marks = () => [...root.querySelectorAll('.cell')].map((cell) => [...cell.classList].sort().join(' '));
+  view.reset('m', 'FP', 3);
+  view.step({step: 0, block: 0, commits: [commit(1, 7)], masked_remaining: 3});
+  const first = marks();
+  view.step({step: 1, block: 0, commits: [commit(0, 5)], masked_remaining: 0});
+  const second = marks();
+  root.querySelectorAll('.cell')[1].dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));
+  const text = (selector) => root.querySelector(selector).textContent;
+  return {first, second, inspect: text('.inspect'), steps: text('.stat-step'), passes: text('.stat-passes')};
+})()"""
+
+
+@needs_chromium
+def test_stream_reader_and_canvas_marks_in_the_page(browser, server):
+    """The page's own modules on hand-made input: SSE chunks split anywhere, an error chunk after the stream
+    began, a stream cut before [DONE]; a canvas's masked, fresh, earlier, filled and outside positions."""
+    browser.goto(server.url + "/")
+    ok, error_chunk, cut = browser.eval(STREAM)
+    assert ok == {"seen": [{"a": 1}, {"b": 2}], "error": None}
+    assert error_chunk == {"seen": [{"a": 1}], "error": "error during the stream (timeout_error): too slow"}
+    assert cut == {"seen": [{"a": 1}],
+                   "error": "error during the stream: the stream ended before data: [DONE]"}
+    view = browser.eval(VIEW)
+    assert view["first"] == ["cell masked", "cell fresh", "cell masked", "cell masked outside"]
+    assert view["second"] == ["cell fresh", "cell", "cell filled", "cell filled outside"]
+    assert view["inspect"] == ('position 1: token 7 "t7", confidence 0.500, margin 0.250, '
+                               "committed at step 1 (block 0)")
+    assert (view["steps"], view["passes"]) == ("2", "2")
     assert browser.page_errors == []
