@@ -53,6 +53,7 @@ async function loadModels() {
       const list = await api.json("/v1/models");
       showModels(list.data);
       notice(null);
+      $("#run").disabled = $("#chat-send").disabled = false;
       document.body.dataset.ready = "yes";
       return;
     } catch (err) {
