@@ -22,7 +22,7 @@ from .models import PRESETS, build_model, config_from_dict
 from .quant_linear import INT4_SUFFIXES, int4_linear_from_tensors
 
 ASSETS = Path(__file__).parent / "assets"
-EMBEDDED = {"inkwell-tiny": ASSETS / "inkwell-tiny"}
+EMBEDDED = {"inkwell-tiny": ASSETS / "inkwell-tiny", "inkwell-tiny-int4": ASSETS / "inkwell-tiny-int4"}
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
     "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
