@@ -52,7 +52,8 @@ def table(result: dict) -> str:
     for order, r in result["orders"].items():
         lines.append(f"\n== {order}: {result['prompts']} prompts, {r['scored_commits']} of {r['commits']} "
                      f"served commits scored, "
-                     f"{r['probed_positions']} probed positions; values in % with 95 % CI ==")
+                     f"{r['probed_positions']} probed positions in {r['probe_states']} states; values in % "
+                     "with 95 % CI ==")
         lines.append(f"{'model':<22}{'flip rate':>24}{'mean-disagree':>24}{'never-agree':>24}"
                      f"{'free-run agree':>24}")
         for label, m in r["models"].items():
@@ -91,7 +92,7 @@ def markdown(result: dict) -> str:
         head = "| model | " + " | ".join(n for _, n in cols) + " | P(lag > 8) | lag never settles |"
         rule = "|---" * (len(cols) + 3) + "|"
         out += [f"\n**{order}**: {result['prompts']} prompts, {r['scored_commits']} of {r['commits']} served "
-                f"commits scored, {r['probed_positions']} positions probed at steps {r['probe_steps']}.\n",
+                f"commits scored, {r['probed_positions']} positions probed in {r['probe_states']} states.\n",
                 head, rule]
         for label, m in r["models"].items():
             lag8 = m["lag_ccdf"][8] if len(m["lag_ccdf"]) > 8 else float("nan")

@@ -16,7 +16,16 @@ from torch import nn
 from tqdm import tqdm
 
 from . import calibration, evaluate
-from .fidelity import PerPrompt, bootstrap_ci, ccdf, flip_rate, probe_summary, served_commits
+from .fidelity import (
+    PerPrompt,
+    bootstrap_ci,
+    ccdf,
+    flip_rate,
+    probe_summary,
+    served_commits,
+    served_horizon,
+    upto_stop,
+)
 from .pipeline import rollout_params
 from .settings import _f
 
@@ -105,31 +114,24 @@ def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettin
     counted = served_commits(traj.commit_step, traj.tokens, stops)
     scored = counted & (traj.commit_step % s.flip_stride == 0)
     chosen = evaluate.sample_positions(counted, s.probe_positions, s.seed)
-    grid = evaluate.probe_steps(traj.steps, s.probe_stride)
-    text = served_commits(traj.commit_step, traj.tokens, stops) & _upto_stop(traj.tokens, stops)
+    grid = evaluate.probe_steps(served_horizon(traj.commit_step, traj.tokens, stops) + 1, s.probe_stride)
+    text = upto_stop(traj.tokens, stops)
     raw: dict[str, dict] = {}
     for label, model in tqdm([(FP, ref), *cands.items()], desc=f"models ({order})", unit="model"):
         agree = evaluate.probes(model, traj, canvas, chosen, grid, s.batch_size, f"probes {label}")
         raw[label] = {"probe": probe_summary(agree, grid, traj.commit_step)}
         if label == FP:
             continue
-        argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}",
-                                          s.flip_stride)
+        argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}", scored)
         raw[label]["flip"] = flip_rate(argmax != traj.tokens, scored)
         if s.free_running:
-            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}")
+            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}",
+                                        tuple(stops))
             same = (own == traj.tokens) & text
             raw[label]["free"] = PerPrompt(same.sum(1).double(), text.sum(1).double())
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
-            "probed_positions": int(chosen.sum()),
-            "probe_steps": grid.tolist(), **_summarise(raw, cands, traj.steps, s)}
-
-
-def _upto_stop(tokens: torch.Tensor, stops) -> torch.Tensor:
-    k = tokens.shape[1]
-    hits = torch.isin(tokens, torch.tensor(stops))
-    stop = torch.where(hits.any(1), hits.float().argmax(1).long(), torch.full((len(tokens),), k - 1))
-    return torch.arange(k)[None, :] <= stop[:, None]
+            "probed_positions": int(chosen.sum()), "probe_states": int((grid >= 0).sum()),
+            **_summarise(raw, cands, traj.steps, s)}
 
 
 def _summarise(raw: dict, cands: dict, horizon: int, s: EvalSettings) -> dict:

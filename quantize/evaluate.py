@@ -69,36 +69,45 @@ def _argmax(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def frontier_argmax(model: nn.Module, traj: Trajectories, canvas: Canvas, batch_size: int,
-                    desc: str, stride: int = 1) -> torch.Tensor:
-    """[R, K]: the model's argmax at each position on the teacher's state at that position's commit step
-    (steps t with t % stride == 0 only; -1 elsewhere)."""
+                    desc: str, scored: torch.Tensor) -> torch.Tensor:
+    """[R, K]: the model's argmax at each `scored` [R, K] commit, on the teacher's state at its commit step
+    (-1 elsewhere). Only rows with a scored commit at a step are run."""
     out = torch.full_like(traj.tokens, -1)
     k = traj.tokens.shape[1]
-    for t in tqdm(range(0, traj.steps, stride), desc=desc, unit="step", leave=False):
-        state = traj.state(t)
-        for at in range(0, len(state), batch_size):
-            rows = slice(at, at + batch_size)
-            ids, mask = canvas.ids(state[rows], rows)
+    for t in tqdm(range(traj.steps), desc=desc, unit="step", leave=False):
+        now = scored & (traj.commit_step == t)  # [R, K]
+        rows = now.any(1).nonzero()[:, 0]
+        for at in range(0, len(rows), batch_size):
+            r = rows[at : at + batch_size]
+            ids, mask = canvas.ids(traj.state(t)[r], r)
             logits = arch.logits_at(model, ids, mask, canvas.aligned(torch.arange(k)).expand(len(ids), k))
-            now = traj.commit_step[rows] == t
-            out[rows][now] = _argmax(model, logits)[now]
+            hit = now[r]
+            sub = out[r]
+            sub[hit] = _argmax(model, logits)[hit]
+            out[r] = sub
     return out
 
 
-def probe_steps(steps: int, stride: int) -> torch.Tensor:
-    """Probe steps s (state before step s; s = T is the final canvas): every `stride` steps, and T."""
-    return torch.tensor(sorted({*range(stride, steps + 1, stride), steps}))
+def probe_steps(until: torch.Tensor, stride: int) -> torch.Tensor:
+    """Probe steps [R, S] (state before step s): every `stride` steps before each row's last state
+    `until[r]` (its final served canvas), then `until[r]` itself; -1 pads rows with fewer steps."""
+    rows = [sorted({*range(stride, int(u), stride), int(u)}) for u in until.tolist()]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows])
 
 
 @torch.no_grad()
 def probes(model: nn.Module, traj: Trajectories, canvas: Canvas, chosen: torch.Tensor, grid: torch.Tensor,
            batch_size: int, desc: str) -> torch.Tensor:
-    """Re-mask probes [R, K, S] (1 agree, 0 disagree, -1 not probed) of the `chosen` [R, K] positions."""
+    """Re-mask probes [R, K, S] (1 agree, 0 disagree, -1 not probed) of the `chosen` [R, K] positions at
+    the probe steps `grid` [R, S] (-1: none)."""
     r_n, k = traj.tokens.shape
-    agree = torch.full((r_n, k, len(grid)), NOT_PROBED, dtype=torch.int8)
-    for si, s in enumerate(tqdm(grid.tolist(), desc=desc, unit="probe step", leave=False)):
+    agree = torch.full((r_n, k, grid.shape[1]), NOT_PROBED, dtype=torch.int8)
+    for si in tqdm(range(grid.shape[1]), desc=desc, unit="probe step", leave=False):
+        s = grid[:, si]  # [R]
         state = traj.state(s)
-        pairs = (chosen & (traj.commit_step < s)).nonzero()  # [n, 2]: (row, position) committed before s
+        live = chosen & (traj.commit_step < s[:, None]) & (s[:, None] >= 0)
+        pairs = live.nonzero()  # [n, 2]: (row, position) committed before the row's probe step
         for at in range(0, len(pairs), batch_size):
             r, i = pairs[at : at + batch_size].unbind(1)
             probe = state[r].clone()
@@ -120,9 +129,9 @@ def sample_positions(counted: torch.Tensor, per_prompt: int, seed: int) -> torch
 
 
 def free_running(model: nn.Module, prompts: list[torch.Tensor], params: DiffusionParams, batch_size: int,
-                 desc: str) -> torch.Tensor:
-    """The model's own greedy final canvases [R, K] (early stop off, as the teacher's)."""
-    return rollouts(model, prompts, params, batch_size, keep_top1=False, desc=desc).tokens
+                 desc: str, stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """The model's own greedy final canvases [R, K], early stop on as served."""
+    return rollouts(model, prompts, params, batch_size, keep_top1=False, desc=desc, stop_ids=stop_ids).tokens
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@ Shapes: R prompts, K canvas positions, S probe steps.
 - flips [R, K] bool: the candidate's argmax at i differs from the teacher's commit, on the teacher's
   state at i's commit step; `counted` [R, K] marks the commits that are scored.
 - probe agreement [R, K, S] int8: 1 agree, 0 disagree, -1 not probed (state before i's commit, or i not
-  sampled); probe s re-masks i alone on the teacher's state before step `probe_steps[s]`
-  *(reconstruction)*.
+  sampled); probe s re-masks i alone on the teacher's state before step `probe_steps[r, s]` ([S] when
+  every row shares the steps) *(reconstruction)*.
 """
 
 from __future__ import annotations
@@ -41,19 +41,27 @@ def flip_rate(flips: torch.Tensor, counted: torch.Tensor) -> PerPrompt:
     return PerPrompt((flips & counted).sum(1).double(), counted.sum(1).double())
 
 
-def served_commits(commit_step: torch.Tensor, tokens: torch.Tensor,
-                   stop_ids: tuple[int, ...]) -> torch.Tensor:
-    """[R, K] bool: the commits the served sampler (early stop on) makes on the teacher's trajectory, i.e.
-    those at or before the step t* at which every position up to the first stop id is committed."""
+def upto_stop(tokens: torch.Tensor, stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """[R, K] bool: positions up to and including each canvas's first stop id (all when none)."""
     k = tokens.shape[1]
+    stop = torch.full((len(tokens),), k - 1)
     if stop_ids:
         hits = torch.isin(tokens, torch.tensor(stop_ids))
-        stop = torch.where(hits.any(1), hits.float().argmax(1).long(), torch.full((len(tokens),), k - 1))
-    else:
-        stop = torch.full((len(tokens),), k - 1)
-    upto = torch.arange(k)[None, :] <= stop[:, None]
-    t_star = commit_step.masked_fill(~upto, -1).amax(1)  # [R]
-    return commit_step <= t_star[:, None]
+        stop = torch.where(hits.any(1), hits.float().argmax(1).long(), stop)
+    return torch.arange(k)[None, :] <= stop[:, None]
+
+
+def served_horizon(commit_step: torch.Tensor, tokens: torch.Tensor,
+                   stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """[R] the step t* at which the served sampler (early stop on) stops on the teacher's trajectory: every
+    position up to the first stop id is committed then."""
+    return commit_step.masked_fill(~upto_stop(tokens, stop_ids), -1).amax(1)
+
+
+def served_commits(commit_step: torch.Tensor, tokens: torch.Tensor,
+                   stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """[R, K] bool: the commits the served sampler makes on the teacher's trajectory (steps <= t*)."""
+    return commit_step <= served_horizon(commit_step, tokens, stop_ids)[:, None]
 
 
 @dataclass
@@ -81,8 +89,8 @@ def probe_summary(agree: torch.Tensor, probe_steps: torch.Tensor, commit_step: t
     last_valid = torch.where(valid, s, torch.full_like(s, -1)).amax(-1)
     first_valid = torch.where(valid, s, torch.full_like(s, agree.shape[-1])).amin(-1)
     settle = torch.where(last_bad >= 0, last_bad + 1, first_valid)  # index of s*
-    steps = probe_steps.double()
-    lag = steps[settle.clamp(max=len(steps) - 1)] - (commit_step.double() + 1)
+    steps = probe_steps.expand(agree.shape[0], -1).double()  # [R, S]
+    lag = steps.gather(1, settle.clamp(max=steps.shape[1] - 1)) - (commit_step.double() + 1)
     lag = torch.where(last_bad == last_valid, torch.full_like(lag, math.inf), lag)
     return ProbeSummary(mean_disagree, never_agree, lag[probed])
 

@@ -29,8 +29,9 @@ class Trajectories:
     steps: int
     mask_id: int
 
-    def state(self, t: int) -> torch.Tensor:
-        """The canvases [R, K] before step t."""
+    def state(self, t: int | torch.Tensor) -> torch.Tensor:
+        """The canvases [R, K] before step t (an int, or one step per row [R])."""
+        t = t[:, None] if isinstance(t, torch.Tensor) else t
         return torch.where(self.commit_step < t, self.tokens, torch.full_like(self.tokens, self.mask_id))
 
     def masked_at(self, t: int) -> torch.Tensor:
@@ -75,8 +76,10 @@ def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def rollouts(model: nn.Module, prompts: list[torch.Tensor], params: DiffusionParams, batch_size: int = 16,
-             keep_top1: bool = False, desc: str = "teacher rollouts") -> Trajectories:
-    """Greedy teacher rollouts of `prompts` under `params` (temperature 0), early stop off."""
+             keep_top1: bool = False, desc: str = "teacher rollouts", stop_ids: tuple[int, ...] = ()
+             ) -> Trajectories:
+    """Greedy rollouts of `prompts` under `params` (temperature 0). Early stop is off unless `stop_ids` are
+    given; then positions never committed hold eos and have commit step `steps`."""
     params = params.resolve(model.config.model_type)
     k, steps = params.gen_length, params.steps
     pad_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
@@ -89,14 +92,16 @@ def rollouts(model: nn.Module, prompts: list[torch.Tensor], params: DiffusionPar
         when = torch.full((len(chunk), k), -1, dtype=torch.long)
         final = torch.full((len(chunk), k), model.config.mask_token_id, dtype=torch.long)
         taken = 0
-        for events in iter_generate(recorder, ids, params, attention_mask=mask, stop_ids=()):
+        for events in iter_generate(recorder, ids, params, attention_mask=mask, stop_ids=stop_ids):
             taken += 1
             for r, event in enumerate(events):
-                for c in event.commits:
+                for c in event.commits if event is not None else ():
                     when[r, c.index], final[r, c.index] = event.step, c.token_id
             bar.update(len(chunk))
-        assert bool((when >= 0).all()), "every position is committed when early stop is off"
+        assert stop_ids or bool((when >= 0).all()), "every position is committed when early stop is off"
         steps = taken  # a block whose schedule ends with empty steps finishes early
+        final[when < 0] = pad_id if model.config.eos_token_id is None else model.config.eos_token_id
+        when[when < 0] = params.steps
         tokens.append(final)
         commit_step.append(when)
         if keep_top1:

@@ -63,17 +63,23 @@ def test_probes_and_frontier_match_direct_forwards():
     traj = rollouts(model, prompts, DiffusionParams(gen_length=8, block_length=4, remasking="random", seed=3))
     canvas = evaluate.make_canvas(model, prompts)
     # the teacher's own argmax on its states is what it committed
-    assert torch.equal(evaluate.frontier_argmax(model, traj, canvas, 4, "t"), traj.tokens)
-    grid = evaluate.probe_steps(traj.steps, 3)
-    assert grid.tolist() == [3, 6, 8]
+    everything = torch.ones_like(traj.tokens, dtype=torch.bool)
+    assert torch.equal(evaluate.frontier_argmax(model, traj, canvas, 4, "t", everything), traj.tokens)
+    some = everything.clone()
+    some[1] = False
+    part = evaluate.frontier_argmax(model, traj, canvas, 4, "t", some)
+    assert torch.equal(part[0], traj.tokens[0]) and (part[1] == -1).all()
+    grid = evaluate.probe_steps(torch.tensor([8, 4]), 3)
+    assert grid.tolist() == [[3, 6, 8], [3, 4, -1]]
     agree = evaluate.probes(model, traj, canvas, torch.ones_like(traj.tokens, dtype=torch.bool), grid, 5, "p")
-    r, i, s = 1, int(traj.commit_step[1].argmin()), 1  # the first commit of row 1, probed before step 6
+    r, i, s = 0, int(traj.commit_step[0].argmin()), 1  # the first commit of row 0, probed before step 6
     ids, mask = canvas.ids(traj.state(6)[r : r + 1], slice(r, r + 1))
     ids[0, canvas.prompt_ids.shape[1] + i] = model.config.mask_token_id
     logits = model(ids, attention_mask=mask)[0, canvas.prompt_ids.shape[1] + i]
     logits[model.config.mask_token_id] = -torch.inf
     assert agree[r, i, s] == int(logits.argmax() == traj.tokens[r, i])
-    assert (agree[traj.commit_step[:, :, None] >= grid[None, None, :]] == -1).all()
+    assert (agree[traj.commit_step[:, :, None] >= grid[:, None, :]] == -1).all()
+    assert (agree[1, :, 2] == -1).all() and (agree[0, :, 2] >= 0).all()  # padding; the final canvas
 
 
 def test_candidate_labels():

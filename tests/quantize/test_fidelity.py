@@ -85,3 +85,12 @@ def test_paired_bootstrap():
     b = PerPrompt(torch.randint(0, 6, (50,), generator=g).double(), den)  # independent noise: wide CI
     unpaired = bootstrap_ci(b, a)
     assert unpaired["high"] - unpaired["low"] > 0.05
+
+
+def test_probe_steps_per_row():
+    # row 0 probed at steps 2 and 4, row 1 only at 3 (its final served state); lags use each row's steps
+    commit = torch.tensor([[0, 1], [0, 2]])
+    grid = torch.tensor([[2, 4], [3, -1]])
+    agree = torch.tensor([[[0, 1], [1, 1]], [[1, N], [1, N]]], dtype=torch.int8)
+    s = probe_summary(agree, grid, commit)
+    assert s.lags.tolist() == [3.0, 0.0, 2.0, 0.0]
