@@ -126,6 +126,9 @@ class Serving:
             params = diffusion_params(request, request.answer_tokens, served)
         except ValueError as err:
             raise BadRequest(str(err), code="invalid_value") from err
+        if request.steps is not None and params.steps > params.gen_length:  # extra steps commit nothing
+            raise BadRequest(f"steps {params.steps} exceeds the canvas of {params.gen_length} tokens; "
+                             f"allowed: 1..{params.gen_length}", param="steps", code="invalid_value")
         total = len(prompt) + params.gen_length + len(suffix)
         if total > served.max_length:
             raise BadRequest(f"prompt ({len(prompt)} tokens) + canvas ({params.gen_length}) + suffix "
@@ -173,7 +176,8 @@ class Serving:
         finally:
             watch.cancel()
             if not collect.done():
-                collect.cancel()
+                collect.cancel()  # only requested: the task is not `cancelled()` until it has unwound
+                await asyncio.wait({collect})
             await gen.close()
         if collect.cancelled():
             raise ClientClosed("the client disconnected; its rows were cancelled", code="client_closed")
