@@ -109,7 +109,9 @@ def _with_ci(x: PerPrompt, s: EvalSettings, other: PerPrompt | None = None) -> d
 def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettings) -> dict:
     base = rollout_params(resolve_model_path(reference), s)
     params = DiffusionParams(**{**base.to_dict(), "remasking": order}).resolve(ref.config.model_type)
-    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})")
+    # early stop as served: nothing after the served horizon is scored
+    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})",
+                             stop_ids=tuple(stops))
     canvas = evaluate.make_canvas(ref, prompts)
     counted = served_commits(traj.commit_step, traj.tokens, stops)
     scored = counted & (traj.commit_step % s.flip_stride == 0)
