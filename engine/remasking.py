@@ -153,6 +153,10 @@ def choose_top(proposal: Proposal, masked: torch.Tensor, count: int, alg_temp: f
     if alg_temp is None:
         return score.topk(count).indices
     weights = F.softmax(score / alg_temp, dim=-1)
+    if not bool(torch.isfinite(weights).all()) or int((weights > 0).sum()) < count:
+        # alg_temp so small that the weights overflow (NaN) or underflow to fewer than `count` non-zero
+        # ones: the draw's limit as alg_temp -> 0 is the best `count` scores
+        return score.topk(count).indices
     return torch.multinomial(weights, count, replacement=False, generator=generator)
 
 

@@ -47,6 +47,19 @@ class Request(BaseModel):
                 if not (v is None or (k not in declared and k in NEUTRAL_VALUES
                                       and any(v == n and type(v) is type(n) for n in NEUTRAL_VALUES[k])))}
 
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> Request:
+        """JSON can escape lone surrogates (`"\\ud800"`), which are not text: no tokenizer encodes them."""
+        for name, value in self:
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as err:
+                        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate at character "
+                                         f"{err.start})") from None
+        return self
+
 
 class StreamOptions(Request):
     include_usage: bool = False
@@ -77,7 +90,7 @@ class SamplingFields(DiffusionExtras):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

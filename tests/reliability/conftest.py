@@ -37,6 +37,13 @@ def storm(soak):
     return load_script("storm")
 
 
+@pytest.fixture(scope="package")
+def keyed_server(start_server) -> ServerProcess:  # noqa: F811 (the imported fixture)
+    """One `inkwell-serve` for this folder: both fixture models, the API key, debug logging (so the tests
+    can check the key never reaches the log)."""
+    return start_server("--api-key", API_KEY, "--log-level", "debug")
+
+
 @pytest.fixture
 def in_process(model_dirs):  # noqa: F811 (the imported fixture)
     """in_process(engine_factory=None, **settings) -> a started InProcessServer serving `tiny` and

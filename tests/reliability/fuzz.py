@@ -1,0 +1,176 @@
+"""Schemathesis against the server's own OpenAPI schema: generated requests (valid and invalid) to every
+operation, each checked for what a client relies on: never a 5xx, every error in OpenAI's shape
+(`{"error": {message, type, param, code}}` with an `x-request-id`), and every stream ending in
+`data: [DONE]` with no `server_error` chunk.
+
+The schema is fetched from `/openapi.json` and capped before generation so that cases stay fast: `model`
+is one of the served names (so valid cases really generate), answer lengths, steps, blocks and `n` are
+small, strings and lists short. Invalid ("negative") cases break the uncapped rules too.
+
+The test suite runs ~100 cases (`test_fuzz.py`); the long run is this module as a script:
+
+    python -m tests.reliability.fuzz --cases 1000 --model tiny=PATH --model tiny-int4=PATH [--json OUT]
+    python -m tests.reliability.fuzz --cases 1000 --url http://127.0.0.1:8000 --api-key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import hypothesis
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+CAPS = {"max_tokens": 16, "max_completion_tokens": 16, "steps": 16, "block_length": 16, "n": 2}
+MAX_STRING, MAX_ITEMS = 64, 8
+ERROR_KEYS = {"message", "type", "param", "code"}
+# share of the cases per operation; the GET routes take no input, so one case each is all there is
+WEIGHTS = {"/v1/chat/completions": 0.5, "/v1/completions": 0.5}
+
+
+def capped(schema: dict, models: list[str]) -> dict:
+    """The OpenAPI schema with small bounds on everything that makes a request slow."""
+    schema = copy.deepcopy(schema)
+    for component in schema["components"]["schemas"].values():
+        for name, prop in component.get("properties", {}).items():
+            if name == "model":
+                prop["enum"] = list(models)
+            for branch in prop.get("anyOf", [prop]):
+                if name in CAPS and branch.get("type") == "integer":
+                    branch["maximum"] = min(branch.get("maximum", CAPS[name]), CAPS[name])
+                if branch.get("type") == "string" and "enum" not in branch:
+                    branch["maxLength"] = MAX_STRING
+                if branch.get("type") == "array":
+                    branch["maxItems"] = MAX_ITEMS
+    return schema
+
+
+@dataclass
+class FuzzReport:
+    calls: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    by_operation: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"cases": self.calls, "seconds": round(self.seconds, 1),
+                "statuses": dict(sorted(self.statuses.items())), "by_operation": dict(self.by_operation),
+                "failures": len(self.failures), "failure_samples": self.failures[:10]}
+
+
+def problems(status: int, headers: dict[str, str], text: str) -> list[str]:
+    """What is wrong with one response (empty when nothing is); `headers` with lower-case names."""
+    out = []
+    if status >= 500:
+        out.append(f"HTTP {status}")
+    if "x-request-id" not in headers:
+        out.append("no x-request-id")
+    if status >= 400:
+        try:
+            error = json.loads(text)["error"]
+            if set(error) != ERROR_KEYS or not isinstance(error["message"], str):
+                out.append(f"error not in OpenAI's shape: {error}")
+        except (ValueError, KeyError, TypeError):
+            out.append(f"error body is not {{'error': ...}}: {text[:200]!r}")
+    elif status == 200 and headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+        if not data or data[-1] != "[DONE]":
+            out.append("stream does not end with data: [DONE]")
+        for payload in data[:-1]:
+            error = json.loads(payload).get("error")
+            if error is not None and (set(error) != ERROR_KEYS or error["type"] == "server_error"):
+                out.append(f"error chunk: {error}")
+    return out
+
+
+def run_fuzz(url: str, cases: int, api_key: str | None = None, seed: int = 0,
+             timeout: float = 120) -> FuzzReport:
+    """About `cases` generated requests (half valid, half invalid) spread over the schema's operations."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    raw = httpx.get(url + "/openapi.json", headers=headers, timeout=30).json()
+    models = [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"]]
+    schema = schemathesis.openapi.from_dict(capped(raw, models))
+    report = FuzzReport()
+    start = time.monotonic()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        share = WEIGHTS.get(operation.path, 0.0)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            examples = max(1, round(cases * share / 2))
+            _run_operation(operation, mode, examples, url, headers, timeout, seed, report)
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _run_operation(operation, mode, examples, url, headers, timeout, seed, report: FuzzReport) -> None:
+    strategy = operation.as_strategy(generation_mode=mode)
+
+    name = f"{operation.method.upper()} {operation.path}"
+
+    @hypothesis.seed(seed)
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def one(case) -> None:  # failures are collected, not raised: no shrinking, every case counted
+        report.calls += 1
+        report.by_operation[f"{name} {mode.value}"] += 1
+        body = repr(case.body)[:300]
+        try:
+            response = case.call(base_url=url, headers=headers, timeout=timeout)
+        except Exception as err:  # a hang or a dropped connection is a finding too
+            report.failures.append(f"{name} {body}: {type(err).__name__}: {err}")
+            return
+        report.statuses[response.status_code] += 1
+        lower = {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
+        for problem in problems(response.status_code, lower, response.text):
+            report.failures.append(f"{name} {body}: {problem}")
+
+    try:
+        one()
+    except Unsatisfiable:  # no invalid request exists for an operation without parameters or body
+        if mode is GenerationMode.POSITIVE:
+            raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server (default: start inkwell-serve with --model)")
+    parser.add_argument("--model", action="append", default=[], help="NAME=PATH_OR_NAME for inkwell-serve")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra inkwell-serve argument")
+    parser.add_argument("--api-key", default="fuzz-key")
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--log", type=Path, default=Path("fuzz-server.log"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtest"))
+    from soak import Target  # the same server starter as the soak
+
+    if args.url:
+        target = Target(args.url.rstrip("/"), None, args.api_key)
+    else:
+        target = Target.start(args.model, args.serve_arg, args.log, args.api_key)
+    try:
+        report = run_fuzz(target.url, args.cases, target.api_key, args.seed)
+    finally:
+        exit_code = target.stop()
+    summary = report.to_dict() | {"server_exit_code": exit_code}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 1 if report.failures or exit_code not in (None, 0) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
