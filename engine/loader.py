@@ -34,10 +34,23 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the tensor."""
 
 
+def check_link(path: Path) -> None:
+    """A symbolic link loop or a dangling link looks like a missing file to `is_file()`: name it instead."""
+    if not path.is_symlink():
+        return
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: dangling symbolic link (its target does not exist)") from err
+    except (OSError, RuntimeError) as err:  # ELOOP; Python < 3.13 raises RuntimeError for a loop
+        raise CheckpointError(f"{path}: symbolic link loop") from err
+
+
 def resolve_model_path(path_or_name: str | Path) -> Path | None:
     """A local directory for `path_or_name`, or None for a preset. Raises naming the id on a miss."""
     name = str(path_or_name)
     path = Path(name).expanduser()
+    check_link(path)
     if path.is_dir():
         return path
     if name in PRESETS:
@@ -73,6 +86,7 @@ def read_config(path_or_name: str | Path) -> dict:
     if path is None:
         return dict(PRESETS[str(path_or_name)])
     file = path / "config.json"
+    check_link(file)
     if not file.is_file():
         raise CheckpointError(f"{path}: not a model directory (no config.json)")
     try:
@@ -152,6 +166,7 @@ def _weight_files(path: Path) -> tuple[dict[Path, list[str] | None], Path]:
     """Safetensors files of a checkpoint -> the tensor names the index assigns them (None: all), and the
     file that lists the checkpoint's tensors (the index, or the single file)."""
     index = path / "model.safetensors.index.json"
+    check_link(index)
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -161,11 +176,13 @@ def _weight_files(path: Path) -> tuple[dict[Path, list[str] | None], Path]:
         for name, shard in weight_map.items():
             files[path / shard].append(name)
         for file, names in files.items():
+            check_link(file)
             if not file.is_file():
                 raise CheckpointError(f"{file}: shard named by {index.name} is missing "
                                       f"(it holds tensor {names[0]!r} and {len(names) - 1} more)")
         return dict(files), index
     single = path / "model.safetensors"
+    check_link(single)
     if not single.is_file():
         raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
     return {single: None}, single

@@ -53,7 +53,10 @@ class ServerState:
             if self.phase == "loading":
                 self.phase = "ready"
         except Exception as err:  # any load failure: report it on /health and every route
-            logger.error("loading the models failed: %s", err, exc_info=err)
+            # a bad checkpoint or path (CheckpointError is a ValueError) is one line naming the file; anything
+            # else is a bug worth its traceback
+            expected = isinstance(err, (ValueError, OSError))
+            logger.error("loading the models failed: %s", err, exc_info=None if expected else err)
             self.failure = f"{type(err).__name__}: {err}"
             self.phase = "failed"
 
