@@ -151,7 +151,8 @@ class ChatUser(HttpUser):
                 response.failure(err)
                 return
             finally:
-                response.close()
+                if response.raw is not None:  # None when the connection failed: nothing to close
+                    response.close()
             response.request_meta["response_time"] = timing.e2e * 1000
             response.request_meta["response_length"] = timing.completion_tokens
             response.success()

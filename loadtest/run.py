@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second "
                         "(default: all at once)")
     parser.add_argument("--run-time", default="60s", help="duration per model, Locust's format (default 60s)")
-    parser.add_argument("--stop-timeout", default="300s", help="how long running requests may finish after "
-                        "the run time (default 300s)")
+    parser.add_argument("--stop-timeout", default="600s", help="how long running requests may finish after "
+                        "the run time (default 600s, the server's default request deadline)")
     parser.add_argument("--max-tokens", type=int, default=None, help="answer length (default: the model's)")
     parser.add_argument("--extra-body", default="{}", help="JSON object merged into every request (steps, "
                         "block_length, remasking, threshold, cache, ...)")

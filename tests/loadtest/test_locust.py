@@ -21,6 +21,7 @@ from ..server.conftest import API_KEY, ServerProcess, free_port
 from ..server.fixtures import build_models
 
 RUN_SH = Path(__file__).resolve().parents[2] / "loadtest" / "run.sh"
+LOCUSTFILE = RUN_SH.with_name("locustfile.py")
 EXTRA_BODY = {"steps": 4, "temperature": 1.0, "seed": 3, "ignore_eos": True}
 
 
@@ -80,6 +81,23 @@ def test_failed_requests_make_the_run_fail(server, tmp_path):
     assert int(rows["requests"][0]) > 0 and rows["failures"] == rows["requests"], report
     assert "HTTP 401" in report
     assert "requests to tiny failed" in result.stderr
+
+
+def test_connection_errors_are_failed_requests(tmp_path):
+    """The locustfile on its own, configured through the environment, against a port nobody listens on."""
+    env = os.environ | {"INKWELL_MODEL": "tiny", "INKWELL_MAX_TOKENS": "16"}
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+               "--users", "2", "--run-time", "2s", "--host", f"http://127.0.0.1:{free_port()}",
+               "--csv", str(tmp_path / "down")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    with (tmp_path / "down_stats.csv").open() as f:
+        e2e = next(r for r in csv.DictReader(f) if r["Name"] == "tiny e2e")
+    assert int(e2e["Request Count"]) > 0 and e2e["Failure Count"] == e2e["Request Count"]
+    with (tmp_path / "down_failures.csv").open() as f:
+        assert all("no response" in r["Error"] for r in csv.DictReader(f))
+    with (tmp_path / "down_exceptions.csv").open() as f:
+        assert list(csv.DictReader(f)) == [], "the user's task raised instead of reporting a failure"
 
 
 def test_unreachable_server_exits_2(tmp_path):
