@@ -50,10 +50,7 @@ class InProcessServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-        pending = asyncio.all_tasks(self.loop)  # e.g. sse-starlette's watcher of the app's shutdown
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(_cancel_all())  # e.g. sse-starlette's watcher of the app's shutdown
         self.loop.close()
 
     def call(self, fn):
@@ -74,6 +71,13 @@ class InProcessServer:
         return {"generations": len(self.state.generations), "engine_waiting": engine.num_waiting,
                 "engine_running": engine.num_running(),
                 "metric_waiting_rows": sum(self.state.metrics.waiting_rows.values())}
+
+
+async def _cancel_all() -> None:
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def live_request_objects() -> int:
