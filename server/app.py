@@ -1,9 +1,10 @@
 """The FastAPI app, its routes, and `serve`, which runs it under uvicorn with Inkwell's own SIGTERM drain.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
-`GET /metrics`, and the canvas page at `/` with its files under `/static` (package data in `static/`).
-Every route but `/`, `/static` and `/health` requires the API key when one is configured (`Authorization:
-Bearer KEY`, compared in constant time, never logged). CORS is off unless origins are given.
+`GET /metrics`, the schema at `/openapi.json` with its pages `/docs` and `/redoc`, and the canvas page at
+`/` with its files under `/static` (package data in `static/`). Every route but `/`, `/static` and `/health`
+requires the API key when one is configured (`Authorization: Bearer KEY`, compared in constant time, never
+logged). CORS is off unless origins are given.
 
 Shutdown: uvicorn's own signal handling would stop accepting connections, and sse-starlette's automatic
 drain would cut open streams. `DrainingServer` replaces uvicorn's `handle_exit`: the first SIGTERM/SIGINT
@@ -24,6 +25,7 @@ import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import AppStatus
@@ -44,7 +46,9 @@ STATIC = Path(__file__).parent / "static"  # the canvas page: plain HTML, CSS an
 
 def create_app(settings: ServerSettings, engine_factory) -> FastAPI:
     state = ServerState(settings, engine_factory)
-    app = FastAPI(title="Inkwell", version="0.1.0", lifespan=_lifespan(state))
+    # FastAPI's own schema and docs routes would skip the key check: the API router serves them instead
+    app = FastAPI(title="Inkwell", version="0.1.0", lifespan=_lifespan(state), openapi_url=None,
+                  docs_url=None, redoc_url=None)
     app.state.inkwell = state
     errors.install(app)
     if settings.cors_origins:
@@ -107,6 +111,18 @@ def _api_router(state: ServerState, api_key: str | None) -> APIRouter:
     @router.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Inkwell API")
+
+    @router.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title="Inkwell API")
 
     return router
 
