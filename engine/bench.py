@@ -10,6 +10,7 @@ gave its committed tokens. Compare ratios within one run, never absolute times a
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 
 from .engine import Engine, EngineRequest
-from .loader import load_model
+from .loader import load_model, resolve_model_path
 from .params import DiffusionParams
 from .sampler import iter_generate
+from .tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,32 @@ def load_bench_model(name: str, dtype: str) -> tuple[nn.Module, str]:
         return load_model("tiny-llada", dtype=dtype), "tiny-llada (random weights; inkwell-tiny unavailable)"
 
 
-def make_prompts(model: nn.Module, count: int, length: int) -> list[torch.Tensor]:
-    """Seeded random prompts of ordinary tokens (below every special id of the model)."""
+def make_prompts(name: str, model: nn.Module, count: int, length: int) -> list[torch.Tensor]:
+    """Chat prompts from the model's held-out text when it ships some (inkwell-tiny), else seeded random
+    prompts of `length` ordinary tokens (ids that are no special id of the model)."""
+    heldout = _heldout_speeches(name)
+    if heldout:
+        tok = load_tokenizer(name)
+        chats = [[{"role": "user", "content": s}] for s in heldout[:count]]
+        return [torch.tensor(tok.apply_chat_template(c, add_generation_prompt=True, return_dict=False))
+                for c in chats]
     c = model.config
-    specials = [i for i in (c.mask_token_id, c.eos_token_id, c.bos_token_id, c.pad_token_id) if i is not None]
-    high = min(specials + [c.vocab_size])
+    specials = {i for i in (c.mask_token_id, c.eos_token_id, c.bos_token_id, c.pad_token_id) if i is not None}
+    ordinary = torch.tensor([i for i in range(c.vocab_size) if i not in specials])
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, high, (length,), generator=g) for _ in range(count)]
+    return [ordinary[torch.randint(0, len(ordinary), (length,), generator=g)] for _ in range(count)]
+
+
+def _heldout_speeches(name: str) -> list[str]:
+    """Held-out speeches of 40-200 characters shipped with a model, in file order ([] if none)."""
+    try:
+        path = resolve_model_path(name)
+    except (FileNotFoundError, ValueError):
+        return []
+    file = None if path is None else path / "heldout" / "test.json"
+    if file is None or not file.is_file():
+        return []
+    return [s for play in json.loads(file.read_text()).values() for s in play if 40 <= len(s) <= 200]
 
 
 def run_sampler(mode: str, model: Timed, prompts: list[torch.Tensor], params: DiffusionParams) -> Measurement:
@@ -169,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(cfg.threads)
     model, label = load_bench_model(cfg.model, cfg.dtype)
     timed = Timed(model)
-    prompts = make_prompts(model, cfg.prompts, cfg.prompt_length)
+    prompts = make_prompts(label, model, cfg.prompts, cfg.prompt_length)
     warm_up = DiffusionParams(gen_length=cfg.block_length, block_length=cfg.block_length, cache="dual")
     run_sampler("warm-up", timed, prompts[:1], warm_up)
     runs = modes(cfg, timed, prompts)
