@@ -83,10 +83,21 @@ def markdown(results: list[ModelResult], setup: list[tuple[str, str]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
     lines += ["", "Latencies are Locust's percentiles of the `SSE` entries (p50 / p90 / p99, ms); ITL is the "
               "gap between successive content chunks. tokens/s = requests/s x completion tokens per request."]
-    reasons = [f"- `{r.model}`, {n} x: {error}" for r in results for error, n in r.failure_reasons]
+    reasons = [line for r in results for line in _failure_lines(r)]
     if reasons:
         lines += ["", "Failures:", "", *reasons]
     return "\n".join(lines) + "\n"
+
+
+def _failure_lines(result: ModelResult, most: int = 5) -> list[str]:
+    """The most frequent failure reasons (Locust groups failures by their exact message)."""
+    reasons = sorted(result.failure_reasons, key=lambda reason: -reason[1])
+    lines = [f"- `{result.model}`, {n} x: {error}" for error, n in reasons[:most]]
+    if len(reasons) > most:
+        rest = sum(n for _, n in reasons[most:])
+        lines.append(f"- `{result.model}`: {rest} more in {len(reasons) - most} other messages "
+                     "(`<model>_failures.csv`)")
+    return lines
 
 
 _ROWS = [
