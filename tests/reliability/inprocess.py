@@ -80,8 +80,7 @@ async def _cancel_all() -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-def live_request_objects() -> int:
-    """Generation and RequestStream objects still alive in this process (after a full collection); a logged
-    exception's traceback keeps its request's objects alive, so count where no error was logged."""
+def live_request_objects(engine) -> int:
+    """Generation and RequestStream objects of `engine` still alive (after a full collection)."""
     gc.collect()
-    return sum(isinstance(o, (Generation, RequestStream)) for o in gc.get_objects())
+    return sum(isinstance(o, (Generation, RequestStream)) and o.engine is engine for o in gc.get_objects())

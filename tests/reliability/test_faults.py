@@ -81,7 +81,7 @@ def test_disconnect_storm_leaves_nothing_behind(in_process, storm, soak, caplog)
     server = in_process(max_batch=4, max_queue=16)
     target = soak.Target(server.url)
     assert soak.check_after(target)["request_after"] == "ok"  # warm: the first request starts what it needs
-    leftovers_before, objects_before = server.leftovers(), live_request_objects()
+    leftovers_before = server.leftovers()
 
     result = asyncio.run(storm.run_storm(target, streams=120, concurrency=24, seed=7, max_tokens=32))
     assert not result.errors and set(result.points) == set(storm.DROP_POINTS)
@@ -98,4 +98,4 @@ def test_disconnect_storm_leaves_nothing_behind(in_process, storm, soak, caplog)
     assert server.request_tasks() == []
     assert server.leftovers() == leftovers_before == {
         "generations": 0, "engine_waiting": 0, "engine_running": 0, "metric_waiting_rows": 0}
-    assert live_request_objects() == objects_before == 0
+    assert live_request_objects(server.state.engine) == 0
