@@ -33,10 +33,15 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     if path is None:
         raise ValueError(f"preset {str(path_or_name)!r} has random weights and no tokenizer; "
                          "use a model directory or 'inkwell-tiny'")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    # A plain fast tokenizer is loaded by its class: AutoTokenizer would also read config.json and warn
+    # that transformers does not know model_type 'llada'.
+    named = _read_json(path, "tokenizer_config.json").get("tokenizer_class")
+    plain = named in ("PreTrainedTokenizerFast", "TokenizersBackend")  # the same class in transformers 5
+    cls = PreTrainedTokenizerFast if plain else AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        return cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: no usable tokenizer ({err})") from err
 
