@@ -18,14 +18,6 @@ from .test_sampler import prompts
 PARAMS = DiffusionParams(gen_length=16, block_length=8, steps=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return {"llada": load_model("tiny-llada", dtype=torch.float64),

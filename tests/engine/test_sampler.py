@@ -9,30 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from inkwell.engine import DiffusionParams, StepEvent, generate, iter_generate, load_model
+from inkwell.engine import DiffusionParams, StepEvent, generate, iter_generate
 from inkwell.engine.remasking import llada_schedule, propose
 
 MASK, EOS = 511, 510
 ALGORITHMS = ["low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards run fastest on one thread (and far faster than two on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def llada64():
-    return load_model("tiny-llada", dtype=torch.float64)
-
-
-@pytest.fixture(scope="session")
-def dream64():
-    return load_model("tiny-dream", dtype=torch.float64)
 
 
 def prompts(lengths, seed=0):

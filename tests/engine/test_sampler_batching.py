@@ -13,24 +13,6 @@ from inkwell.engine.sampler import make_row, step_rows
 from .test_sampler import ALGORITHMS, EOS, left_padded, prompts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def llada64():
-    return load_model("tiny-llada", dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def dream64():
-    return load_model("tiny-dream", dtype=torch.float64)
-
-
 @pytest.fixture(scope="module")
 def llada32():
     return load_model("tiny-llada", dtype=torch.float32)
