@@ -60,11 +60,11 @@ def table(result: dict) -> str:
             cells = [_fmt(m[k]) if k in m else "-" for k in ("flip_rate", "mean_disagree", "never_agree",
                                                                "free_running_agreement")]
             lines.append(f"{label:<22}" + "".join(f"{c:>24}" for c in cells))
-        lines.append(f"-- minus baseline {r['baseline']} (paired) --")
-        for label, m in r["minus_baseline"].items():
+        lines.append("-- paired differences (percentage points) --")
+        for m in r["paired"]:
             cells = [_fmt(m[k]) if k in m else "-" for k in ("flip_rate", "mean_disagree", "never_agree",
                                                                "free_running_agreement")]
-            lines.append(f"{label:<22}" + "".join(f"{c:>24}" for c in cells))
+            lines.append(f"{m['candidate'] + ' - ' + m['minus']:<22}" + "".join(f"{c:>24}" for c in cells))
     lines.append("\n== masked-token NLL (nats/token) with 95 % CI, and minus FP ==")
     for ratio, r in result["nll"]["ratios"].items():
         for label, ci in r["models"].items():
@@ -98,10 +98,12 @@ def markdown(result: dict) -> str:
             lag8 = m["lag_ccdf"][8] if len(m["lag_ccdf"]) > 8 else float("nan")
             out.append(f"| {label} | " + " | ".join(_md(m.get(k)) for k, _ in cols)
                        + f" | {lag8 * 100:.1f} | {m['lag_never_settles'] * 100:.1f} |")
-        out += [f"\nPaired differences, candidate minus **{r['baseline']}** (percentage points):\n",
-                "| candidate | " + " | ".join(n for _, n in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for label, m in r["minus_baseline"].items():
-            out.append(f"| {label} | " + " | ".join(_md(m.get(k)) for k, _ in cols) + " |")
+        out += ["\nPaired differences (percentage points):\n",
+                "| candidate − other | " + " | ".join(n for _, n in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        for m in r["paired"]:
+            cells = " | ".join(_md(m.get(k)) for k, _ in cols)
+            out.append(f"| {m['candidate']} − {m['minus']} | {cells} |")
         out += ["\nMinus the FP teacher's own probe floor (percentage points):\n",
                 "| candidate | mean-disagree | never-agree |", "|---|---|---|"]
         for label, m in r["minus_fp_floor"].items():
@@ -115,6 +117,12 @@ def markdown(result: dict) -> str:
         vals = [_md(r["models"][label], 1, 3) for r in ratios.values()]
         diffs = [_md(r["minus_fp"].get(label), 1, 4) for r in ratios.values()]
         out.append(f"| {label} | " + " | ".join(vals + diffs) + " |")
+    out += ["\nPaired NLL differences (nats/token):\n",
+            "| candidate − other | " + " | ".join(f"ratio {r}" for r in ratios) + " |",
+            "|---" * (len(ratios) + 1) + "|"]
+    for i, pair in enumerate(next(iter(ratios.values()))["paired"]):
+        cells = [_md(r["paired"][i], 1, 4) for r in ratios.values()]
+        out.append(f"| {pair['candidate']} − {pair['minus']} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

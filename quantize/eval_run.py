@@ -50,6 +50,7 @@ class EvalSettings:
     nll_length: int = _f(256, "tokens per NLL window")
     nll_ratios: str = _f("0.15,0.5,0.9", "mask ratios of the NLL (comma-separated)")
     baseline: str | None = _f(None, "candidate label the others are paired against (default: the first)")
+    pairs: str | None = _f(None, "extra paired differences A:B (A minus B), comma-separated")
     bootstrap: int = _f(2000, "bootstrap resamples")
     seed: int = _f(1, "seed of prompt choice, probe sampling and NLL masks")
     batch_size: int = _f(32, "rows per forward")
@@ -67,6 +68,18 @@ class EvalSettings:
     @property
     def order_list(self) -> list[str]:
         return [o.strip() for o in self.orders.split(",") if o.strip()]
+
+    def pair_list(self, labels: list[str]) -> list[tuple[str, str]]:
+        """(candidate, other) pairs: every candidate but the baseline against it, then `pairs`."""
+        base = self.baseline or labels[0]
+        out = [(label, base) for label in labels if label != base]
+        for item in (self.pairs or "").split(","):
+            if item.strip():
+                a, _, b = item.strip().partition(":")
+                if a not in labels or b not in labels:
+                    raise ValueError(f"pair {item!r}: both sides must be candidate labels {labels}")
+                out.append((a, b))
+        return list(dict.fromkeys(out))
 
     @property
     def ratio_list(self) -> list[float]:
@@ -138,7 +151,7 @@ def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettin
 
 def _summarise(raw: dict, cands: dict, horizon: int, s: EvalSettings) -> dict:
     baseline = s.baseline or next(iter(cands))
-    models, paired, floor = {}, {}, {}
+    models, paired, floor = {}, [], {}
     for label, r in raw.items():
         p = r["probe"]
         never_settles = float(torch.isinf(p.lags).double().mean()) if len(p.lags) else 0.0
@@ -151,14 +164,16 @@ def _summarise(raw: dict, cands: dict, horizon: int, s: EvalSettings) -> dict:
         if label != FP:
             floor[label] = {"mean_disagree": _with_ci(p.mean_disagree, s, raw[FP]["probe"].mean_disagree),
                             "never_agree": _with_ci(p.never_agree, s, raw[FP]["probe"].never_agree)}
-        if label not in (FP, baseline):
-            b = raw[baseline]
-            paired[label] = {"mean_disagree": _with_ci(p.mean_disagree, s, b["probe"].mean_disagree),
-                             "never_agree": _with_ci(p.never_agree, s, b["probe"].never_agree),
-                             "flip_rate": _with_ci(r["flip"], s, b["flip"])}
-            if "free" in r:
-                paired[label]["free_running_agreement"] = _with_ci(r["free"], s, b["free"])
-    return {"models": models, "minus_fp_floor": floor, "baseline": baseline, "minus_baseline": paired}
+    for a, b in s.pair_list(list(cands)):
+        ra, rb = raw[a], raw[b]
+        diff = {"candidate": a, "minus": b,
+                "mean_disagree": _with_ci(ra["probe"].mean_disagree, s, rb["probe"].mean_disagree),
+                "never_agree": _with_ci(ra["probe"].never_agree, s, rb["probe"].never_agree),
+                "flip_rate": _with_ci(ra["flip"], s, rb["flip"])}
+        if "free" in ra:
+            diff["free_running_agreement"] = _with_ci(ra["free"], s, rb["free"])
+        paired.append(diff)
+    return {"models": models, "minus_fp_floor": floor, "baseline": baseline, "paired": paired}
 
 
 def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
@@ -167,7 +182,6 @@ def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
     starts = torch.randint(0, len(stream) - length, (s.nll_windows,), generator=g)
     windows = torch.stack([stream[a : a + length] for a in starts.tolist()])
     dream = family_of(ref.config.model_type) == "dream"
-    baseline = s.baseline or next(iter(cands))
     out = {}
     for ratio in s.ratio_list:
         masks = evaluate.nll_masks(windows, ratio, s.seed, dream)
@@ -176,8 +190,8 @@ def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
         out[str(ratio)] = {
             "models": {label: _with_ci(v, s) for label, v in per.items()},
             "minus_fp": {label: _with_ci(v, s, per[FP]) for label, v in per.items() if label != FP},
-            "minus_baseline": {label: _with_ci(v, s, per[baseline]) for label, v in per.items()
-                               if label not in (FP, baseline)}}
+            "paired": [{"candidate": a, "minus": b, **_with_ci(per[a], s, per[b])}
+                       for a, b in s.pair_list(list(cands))]}
     return {"windows": s.nll_windows, "length": length, "ratios": out}
 
 
@@ -188,6 +202,7 @@ def run_eval(reference: str, candidates: dict[str, str], s: EvalSettings) -> dic
              for label, path in candidates.items()}
     if s.baseline is not None and s.baseline not in cands:
         raise ValueError(f"baseline {s.baseline!r} is not a candidate label; labels: {list(cands)}")
+    s.pair_list(list(cands))  # a bad --pairs fails before any work
     prompts, stream, stops, source = eval_text(reference, ref, s)
     result = {"reference": reference, "candidates": candidates, "settings": s.to_dict(), "text": source,
               "prompts": len(prompts), "stop_ids": list(stops), "orders": {}}

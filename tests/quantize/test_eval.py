@@ -14,7 +14,8 @@ from inkwell.quantize.eval_cli import main, parse_candidates
 from inkwell.quantize.trajectory import rollouts
 
 ARGS = ["--prompts", "8", "--gen-length", "16", "--block-length", "8", "--nll-windows", "4", "--nll-length",
-        "32", "--bootstrap", "200", "--probe-stride", "4", "--batch-size", "64", "--flip-stride", "2"]
+        "32", "--bootstrap", "200", "--probe-stride", "4", "--batch-size", "64", "--flip-stride", "2",
+        "--pairs", "copy:rtn3"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,9 @@ def test_three_bit_rtn_is_worse_than_the_copy(result):
     o = r["orders"]["low_confidence"]
     assert o["baseline"] == "copy"
     assert o["models"]["rtn3"]["flip_rate"]["value"] > 0
-    assert o["minus_baseline"]["rtn3"]["flip_rate"]["low"] > 0
+    pair = {(m["candidate"], m["minus"]): m for m in o["paired"]}
+    assert pair[("rtn3", "copy")]["flip_rate"]["low"] > 0
+    assert pair[("copy", "rtn3")]["flip_rate"]["high"] < 0  # --pairs copy:rtn3
     assert r["nll"]["ratios"]["0.5"]["minus_fp"]["rtn3"]["value"] != 0  # random weights: no sign expected
     assert {p.name for p in (root / "plots").iterdir()} >= {"lag_ccdf_random.png", "flip_rate_random.png"}
     md = (root / "eval.md").read_text()
