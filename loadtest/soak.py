@@ -228,8 +228,9 @@ async def _sampler(target: Target, start: float, warmup: float, deadline: float,
 
 
 async def run_soak(target: Target, clients: int, duration: float, warmup: float, max_requests: int,
-                   max_tokens: int = 32, timeout: float = 300) -> Soak:
-    """`clients` concurrent streaming clients for `duration` seconds (at most `max_requests` in all)."""
+                   max_tokens: int = 32, timeout: float = 660) -> Soak:
+    """`clients` concurrent streaming clients for `duration` seconds (at most `max_requests` in all); a
+    request unfinished after `timeout` s (default: the server's 600 s deadline and a minute) is unexpected."""
     models = target.models()
     soak = Soak()
     start = time.monotonic()
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the memory baseline")
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="bound on requests in all")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=660.0, help="seconds one request may take")
     parser.add_argument("--max-rss-growth", type=float, default=5.0, help="percent allowed after warm-up")
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--log", type=Path, default=Path("soak-server.log"))
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         target = Target.start(args.model, args.serve_arg, args.log, args.api_key)
     try:
         soak = asyncio.run(run_soak(target, args.clients, args.duration, args.warmup, args.max_requests,
-                                    args.max_tokens))
+                                    args.max_tokens, args.timeout))
         summary = summarize(soak, args.duration) | check_after(target)
     finally:
         exit_code = target.stop()
