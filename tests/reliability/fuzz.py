@@ -61,12 +61,14 @@ class FuzzReport:
     statuses: Counter = field(default_factory=Counter)
     by_operation: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    failed_cases: list[dict] = field(default_factory=list)  # whole request and response, to replay them
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"cases": self.calls, "seconds": round(self.seconds, 1),
                 "statuses": dict(sorted(self.statuses.items())), "by_operation": dict(self.by_operation),
-                "failures": len(self.failures), "failure_samples": self.failures[:10]}
+                "failures": len(self.failures), "failure_samples": self.failures[:10],
+                "failed_cases": self.failed_cases[:10]}
 
 
 def problems(status: int, headers: dict[str, str], text: str) -> list[str]:
@@ -135,6 +137,8 @@ def _run_operation(operation, mode, examples, url, headers, timeout, seed, repor
         lower = {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
         for problem in problems(response.status_code, lower, response.text):
             report.failures.append(f"{name} {body}: {problem}")
+            report.failed_cases.append({"operation": name, "body": case.body, "status": response.status_code,
+                                        "headers": lower, "response": response.text[-4000:]})
 
     try:
         one()
@@ -166,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         exit_code = target.stop()
     summary = report.to_dict() | {"server_exit_code": exit_code}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, default=repr))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        args.json.write_text(json.dumps(summary, indent=2, default=repr) + "\n")
     return 1 if report.failures or exit_code not in (None, 0) else 0
 
 
