@@ -12,7 +12,8 @@ resumed from its checkpoint (written every few minutes under --run-dir, ignored 
 exactly as an uninterrupted one would.
 
     python recipes/tiny_corpus.py --out data/tiny
-    python recipes/train_tiny.py --data data/tiny --run-dir runs/tiny --steps 2400
+    python recipes/train_tiny.py --data data/tiny --run-dir runs/tiny --steps 700
+    python recipes/train_tiny.py --data data/tiny --run-dir runs/tiny --steps 2300 --restart-at 700
     python recipes/train_tiny.py ... --export engine/assets/inkwell-tiny   # after (or instead of) training
 """
 
@@ -51,6 +52,11 @@ class TrainConfig:
     mlp_hidden_size: int = 768
     eval_every: int = 200
     checkpoint_minutes: float = 5.0
+    # A second phase continuing a finished run: from restart_at, warm up again to restart_lr and decay
+    # by cosine to min_lr_ratio * restart_lr at `steps` (0 = one phase).
+    restart_at: int = 0
+    restart_lr: float = 1e-3
+    restart_warmup: int = 50
 
 
 class Corpus:
@@ -146,10 +152,18 @@ def unigram_entropy(corpus: Corpus) -> float:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warm-up then cosine decay, over [0, steps), or over [0, restart_at) and [restart_at, steps)."""
+    start, end, peak, warmup = 0, cfg.steps, cfg.lr, cfg.warmup
+    if cfg.restart_at:
+        if step < cfg.restart_at:
+            end = cfg.restart_at
+        else:
+            start, peak, warmup = cfg.restart_at, cfg.restart_lr, cfg.restart_warmup
+    step -= start
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, end - start - warmup)
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def model_config(cfg: TrainConfig, tokenizer) -> LLaDAConfig:
@@ -177,7 +191,7 @@ def init_weights(model: torch.nn.Module, g: torch.Generator) -> None:
 def train(args) -> None:
     from transformers import AutoTokenizer
 
-    cfg = TrainConfig(seed=args.seed, steps=args.steps)
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, restart_at=args.restart_at, restart_lr=args.restart_lr)
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(str(args.data / "tokenizer"))
     train_set, val_set = Corpus(args.data, "train", tokenizer), Corpus(args.data, "validation", tokenizer)
@@ -231,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("data/tiny"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--restart-at", type=int, default=0,
+                    help="continue a run finished at this step with a second warm-up and cosine decay")
+    ap.add_argument("--restart-lr", type=float, default=TrainConfig.restart_lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     train(ap.parse_args(argv))
