@@ -18,8 +18,7 @@ from .settings import add_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inkwell-quantize", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="inkwell-quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory, embedded name or cached hub id")
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

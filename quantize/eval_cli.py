@@ -22,8 +22,7 @@ from .settings import add_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inkwell-eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="inkwell-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", required=True, help="FP model: directory or name")
     parser.add_argument("--candidate", action="append", required=True, help="[LABEL=]PATH (repeatable)")
     parser.add_argument("--json", required=True, help="output JSON file")

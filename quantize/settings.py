@@ -136,7 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
     for f in fields(cls or QuantizeSettings):
         flag = "--" + f.name.replace("_", "-")
         required = f.default is MISSING
-        help_text = f.metadata["help"] + ("" if required else f" (default: {f.default})")
+        help_text = f.metadata["help"]
+        if not required and f.default is not None and "(default" not in help_text:
+            help_text += f" (default: {f.default})"
         kwargs = {"type": _flag_type(f), "choices": f.metadata.get("choices"), "help": help_text,
                   "dest": f.name}
         if "bool" in str(f.type):
