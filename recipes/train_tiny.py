@@ -191,7 +191,8 @@ def init_weights(model: torch.nn.Module, g: torch.Generator) -> None:
 def train(args) -> None:
     from transformers import AutoTokenizer
 
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, restart_at=args.restart_at, restart_lr=args.restart_lr)
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, restart_at=args.restart_at,
+                      restart_lr=args.restart_lr)
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(str(args.data / "tokenizer"))
     train_set, val_set = Corpus(args.data, "train", tokenizer), Corpus(args.data, "validation", tokenizer)
