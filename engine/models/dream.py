@@ -8,7 +8,8 @@ sampler. Config keys and tensor names are those of `Dream-org/Dream-v0-*-7B`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,10 @@ from torch import nn
 
 from .layers import (
     KVCache,
+    ModelConfig,
     RMSNorm,
     apply_rotary,
     attention,
-    config_kwargs,
     forward_positions,
     merge_heads,
     rotary,
@@ -27,14 +28,14 @@ from .layers import (
     upcast_dtype,
 )
 
-# Published config keys whose other values would change the architecture this file implements.
-UNSUPPORTED: dict[str, tuple] = {
-    "hidden_act": ("silu",), "rope_scaling": (None,), "use_sliding_window": (False, None),
-}
-
 
 @dataclass(frozen=True)
-class DreamConfig:
+class DreamConfig(ModelConfig):
+    # Published config keys whose other values would change the architecture this file implements.
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {
+        "hidden_act": ("silu",), "rope_scaling": (None,), "use_sliding_window": (False, None),
+    }
+
     hidden_size: int
     num_hidden_layers: int
     num_attention_heads: int
@@ -57,15 +58,6 @@ class DreamConfig:
             raise ValueError("hidden_size must be a multiple of num_attention_heads")
         if self.num_attention_heads % self.kv_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DreamConfig:
-        return cls(**config_kwargs(cls, d, UNSUPPORTED))
-
-    def to_dict(self) -> dict:
-        out = dict(self.raw)
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw"})
-        return out
 
     @property
     def kv_heads(self) -> int:

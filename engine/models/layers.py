@@ -8,27 +8,38 @@ stays float64), attention runs in the model dtype.
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def config_kwargs(cls, d: dict, unsupported: dict[str, tuple]) -> dict:
-    """Keyword arguments of config dataclass `cls` from a `config.json` dict, plus `raw=d`.
+class ModelConfig:
+    """`from_dict` / `to_dict` of the frozen config dataclasses, which keep the whole `config.json` in `raw`.
 
-    Raises ValueError naming the missing required keys, or a key in `unsupported` (key -> the values this
-    implementation supports) whose value would change the architecture silently.
+    `UNSUPPORTED` maps published keys to the values this implementation supports: any other value would
+    change the architecture silently, so `from_dict` refuses it.
     """
-    names = {f.name for f in fields(cls)} - {"raw"}
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise ValueError(f"{cls.__name__}: config is missing required keys {missing}")
-    for key, allowed in unsupported.items():
-        if key in d and d[key] not in allowed:
-            raise ValueError(f"{cls.__name__}: {key}={d[key]!r} is not supported; allowed: {list(allowed)}")
-    return {k: v for k, v in d.items() if k in names} | {"raw": dict(d)}
+
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config from a `config.json` dict; ValueError naming missing keys or an unsupported value."""
+        names = {f.name for f in fields(cls)} - {"raw"}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"{cls.__name__}: config is missing required keys {missing}")
+        for key, allowed in cls.UNSUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise ValueError(f"{cls.__name__}: {key}={d[key]!r} is not supported; "
+                                 f"allowed: {list(allowed)}")
+        return cls(**{k: v for k, v in d.items() if k in names}, raw=dict(d))
+
+    def to_dict(self) -> dict:
+        return dict(self.raw) | {f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw"}
 
 
 def upcast_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -8,7 +8,8 @@ checkpoints (`model.transformer.blocks.{i}.q_proj.weight`, ...), so they load wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,10 @@ from torch import nn
 
 from .layers import (
     KVCache,
+    ModelConfig,
     RMSNorm,
     apply_rotary,
     attention,
-    config_kwargs,
     forward_positions,
     merge_heads,
     rotary,
@@ -27,16 +28,17 @@ from .layers import (
     upcast_dtype,
 )
 
-# Published config keys whose other values would change the architecture this file implements.
-UNSUPPORTED: dict[str, tuple] = {
-    "block_type": ("llama",), "alibi": (False, None), "rope": (True, None), "activation_type": ("silu",),
-    "layer_norm_type": ("rms",), "layer_norm_with_affine": (True, None), "bias_for_layer_norm": (False, None),
-    "attention_layer_norm": (False, None), "input_emb_norm": (False, None), "scale_logits": (False, None),
-}
-
 
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(ModelConfig):
+    # Published config keys whose other values would change the architecture this file implements.
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {
+        "block_type": ("llama",), "alibi": (False, None), "rope": (True, None),
+        "activation_type": ("silu",), "layer_norm_type": ("rms",), "layer_norm_with_affine": (True, None),
+        "bias_for_layer_norm": (False, None), "attention_layer_norm": (False, None),
+        "input_emb_norm": (False, None), "scale_logits": (False, None),
+    }
+
     d_model: int
     n_layers: int
     n_heads: int
@@ -65,15 +67,6 @@ class LLaDAConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
         if self.include_bias:
             raise ValueError("include_bias=True is not supported; LLaDA's llama block has no linear biases")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LLaDAConfig:
-        return cls(**config_kwargs(cls, d, UNSUPPORTED))
-
-    def to_dict(self) -> dict:
-        out = dict(self.raw)
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw"})
-        return out
 
     @property
     def kv_heads(self) -> int:
