@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -205,13 +206,28 @@ def _load_weights(model: nn.Module, files: dict, source: Path, quant_config: dic
                 _assign_int4(model, module_name, pending.pop(module_name), quant_config, where[module_name],
                              dtype, device)
     # a layer stored as int4 has no `.weight`; anything else still on meta was never in the checkpoint
-    missing = [n for n, p in model.state_dict(keep_vars=True).items()
-               if p.is_meta and not (n.endswith(".weight") and n.rpartition(".")[0] in pending)]
+    _check_missing(source, [n for n, p in model.state_dict(keep_vars=True).items()
+                            if p.is_meta and not (n.endswith(".weight") and n.rpartition(".")[0] in pending)])
+    for module_name, parts in pending.items():  # incomplete layers: _assign_int4 names what is missing
+        _assign_int4(model, module_name, parts, quant_config, where[module_name], dtype, device)
+
+
+def load_tensors(model: nn.Module, path: Path, keep: Callable[[str], bool],
+                 dtype: torch.dtype = torch.float32) -> None:
+    """Load the float tensors of the checkpoint at `path` whose names pass `keep` into `model` (built on the
+    `meta` device) on the CPU, with `load_model`'s checks: how quantization streams a model block by block."""
+    files, source = _weight_files(path)
+    expected = dict(model.state_dict(keep_vars=True))
+    for file, names in files.items():
+        for name, tensor in _read_tensors(file, names, keep):
+            _assign(model, name, tensor, expected, file, dtype, torch.device("cpu"))
+    _check_missing(source, [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta and keep(n)])
+
+
+def _check_missing(source: Path, missing: list[str]) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(f"{source}: {len(missing)} tensor(s) the config needs are missing: {shown}")
-    for module_name, parts in pending.items():  # incomplete layers: _assign_int4 names what is missing
-        _assign_int4(model, module_name, parts, quant_config, where[module_name], dtype, device)
 
 
 def _int4_ready(model: nn.Module, module_name: str, parts: dict[str, torch.Tensor]) -> bool:
@@ -225,11 +241,11 @@ def _int4_ready(model: nn.Module, module_name: str, parts: dict[str, torch.Tenso
     return bias is None or not bias.is_meta
 
 
-def _read_tensors(file: Path, names: list[str] | None):
+def _read_tensors(file: Path, names: list[str] | None, keep: Callable[[str], bool] = lambda name: True):
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             stored = set(f.keys())
-            for name in names if names is not None else sorted(stored):
+            for name in filter(keep, names if names is not None else sorted(stored)):
                 if name not in stored:
                     raise CheckpointError(f"{file}: tensor {name!r} listed in the index is not in the file")
                 yield name, f.get_tensor(name)

@@ -6,14 +6,17 @@ see the same input, in computation order, accumulate the token-weighted Hessian 
 forward hooks, quantize each layer with the method, and put the dequantized weight in place so that later
 groups see the quantized layers ("true sequential"); optionally refine the block's scales at the block
 output; finally propagate the calibration inputs through the quantized block (or keep the FP stream,
-`propagate=fp`). Only the current block's weights are touched; activations are the calibration set's.
+`propagate=fp`). Blocks come from a `WeightSource`: only the current block's FP weights are held (the others
+stay on `meta` when it streams from a file), and once a block is done only its packed results are kept.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from .calibration import CalibrationSet
 from .methods import METHODS, SCALE_DTYPES, LayerStats, QuantizedWeight
 from .refine import refine_scales
 from .settings import QuantizeSettings
+from .source import WeightSource
 
 
 class _Stop(Exception):
@@ -100,15 +104,17 @@ def layer_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tenso
     return float(((e @ hessian) * e).sum() / len(e))
 
 
-def quantize_blocks(model: nn.Module, calib: CalibrationSet, token_w: torch.Tensor,
+def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.Tensor,
                     settings: QuantizeSettings) -> tuple[dict[str, QuantizedWeight], dict]:
     """Quantize every block's Linear layers; returns {module name: QuantizedWeight} and a report."""
-    s, fam, method = settings, arch.family(model), METHODS[settings.method]
+    s, model, method = settings, source.model, METHODS[settings.method]
+    fam = arch.family(model)
     batches = _embed_batches(model, calib, token_w, s.batch_size)
     results: dict[str, QuantizedWeight] = {}
     report: dict = {"blocks": []}
-    for index, block in enumerate(tqdm(arch.blocks(model), desc=f"Stage II ({s.method})", unit="block")):
+    for index in tqdm(range(len(arch.blocks(model))), desc=f"Stage II ({s.method})", unit="block"):
         t0 = time.perf_counter()
+        block = source.block(index)
         with torch.no_grad():
             targets = [b.inputs.run(block, b.x_fp, index) for b in batches]  # teacher outputs h*
         token = [b.w for b in batches]
@@ -133,9 +139,11 @@ def quantize_blocks(model: nn.Module, calib: CalibrationSet, token_w: torch.Tens
             for b, target in zip(batches, targets, strict=True):
                 b.x_q = b.inputs.run(block, b.x_q, index) if s.propagate == "quantized" else target
                 b.x_fp = target
+        source.release(block)
         results.update({f"{fam.blocks}.{index}.{n}": qw for n, qw in block_q.items()})
         report["blocks"].append({"block": index, "seconds": round(time.perf_counter() - t0, 3),
-                                 "peak_rss_mb": _peak_rss_mb(), "layers": layers, "refine": refined})
+                                 "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "layers": layers,
+                                 "refine": refined})
     return results, report
 
 
@@ -155,15 +163,26 @@ def _refine(block, index, block_q, batches, targets, token, s: QuantizeSettings)
     return refined, info
 
 
-def quantize_rtn(model: nn.Module, settings: QuantizeSettings) -> dict[str, QuantizedWeight]:
+def quantize_rtn(source: WeightSource, settings: QuantizeSettings) -> dict[str, QuantizedWeight]:
     """Data-free round to nearest of every block Linear (no calibration pass)."""
-    fam, results = arch.family(model), {}
-    for index, block in enumerate(tqdm(arch.blocks(model), desc="RTN", unit="block")):
-        for name in arch.block_linears(model):
+    fam, results = arch.family(source.model), {}
+    for index in tqdm(range(len(arch.blocks(source.model))), desc="RTN", unit="block"):
+        block = source.block(index)
+        for name in arch.block_linears(source.model):
             w = block.get_submodule(name).weight.detach().float()
             results[f"{fam.blocks}.{index}.{name}"] = METHODS["rtn"](w, LayerStats(None), settings)
+        source.release(block)
     return results
 
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _rss_mb() -> float | None:
+    """Resident memory now (Linux; None elsewhere): unlike the peak, not dominated by Stage I's teacher."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)

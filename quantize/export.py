@@ -1,6 +1,8 @@
 """Write a quantized model in the DESIGN section 5 format: `Int4Linear` layers (written through their
 `checkpoint_tensors()` by `engine.checkpoint.save_model`), `quantization_config` with the `inkwell` block,
-and the source model's tokenizer and generation files, then validate the config with compressed-tensors.
+and the source model's tokenizer and generation files, then validate the config with compressed-tensors. The
+tensors that stay in floating point (embeddings, norms, biases, output head) come from the `WeightSource`,
+read from the source file when it streams.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from inkwell.kernels import pack_int4
 from torch import nn
 
 from .methods import SCALE_DTYPES, QuantizedWeight
+from .source import WeightSource
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
@@ -69,13 +72,16 @@ def copy_side_files(source: Path | None, out: Path) -> list[str]:
     return copied
 
 
-def write_checkpoint(model: nn.Module, results: dict[str, QuantizedWeight], out: Path, source: Path | None,
+def write_checkpoint(source: WeightSource, results: dict[str, QuantizedWeight], out: Path,
                      source_dtype: str | None, scale_dtype: str, actorder: bool, inkwell: dict) -> Path:
     """Write the int4 model directory `out` (model.safetensors, config.json, side files)."""
+    quantized = {f"{name}.weight" for name in results}
+    source.load(lambda tensor: tensor not in quantized)
+    model = source.model
     install_int4(model, results, scale_dtype)
     config = config_groups_for(results, model.output_head_name, actorder) | {"inkwell": inkwell}
     validate_config(config)
     dtype = parse_dtype(source_dtype) if source_dtype in ("float16", "bfloat16", "float32") else None
     save_model(model, out, dtype=dtype, config_updates={"quantization_config": config})
-    copy_side_files(source, out)
+    copy_side_files(source.path, out)
     return out

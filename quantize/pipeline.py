@@ -1,5 +1,8 @@
 """`quantize_model`: source model -> calibration -> Stage I prior -> Stage II -> int4 checkpoint.
 
+Stage I holds the whole FP teacher for its rollouts and frees it; Stage II and the export stream the source
+file block by block (`WeightSource`), so their peak memory is about one FP block plus the activations.
+
 Input problems (an unreadable model, a group size that does not divide a layer's K, an unwritable output
 directory, an unreadable calibration file) are `ValueError`s raised before any expensive work.
 """
@@ -11,8 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
-from inkwell.engine import CheckpointError, load_model, load_tokenizer, special_ids
-from inkwell.engine.loader import resolve_model_path
+from inkwell.engine import load_tokenizer, special_ids
 from inkwell.engine.params import DiffusionParams
 from torch import nn
 
@@ -22,6 +24,7 @@ from .export import write_checkpoint
 from .plots import plot_prior
 from .prior import Prior, build_prior, first_stop, token_weights
 from .settings import QuantizeSettings
+from .source import WeightSource
 from .trajectory import Trajectories, rollouts
 
 logger = logging.getLogger(__name__)
@@ -40,14 +43,6 @@ def check_out_dir(out: str | Path) -> Path:
     except OSError as err:
         raise ValueError(f"output directory {out} is not writable ({err.strerror or err})") from err
     return out
-
-
-def load_source(name: str) -> tuple[nn.Module, Path | None]:
-    try:
-        model = load_model(name, dtype=torch.float32)
-        return model, resolve_model_path(name)
-    except (CheckpointError, FileNotFoundError, OSError) as err:
-        raise ValueError(f"cannot read model {name!r}: {err}") from err
 
 
 def check_group_size(model: nn.Module, settings: QuantizeSettings) -> None:
@@ -89,41 +84,45 @@ def probe_prompts(name: str, model: nn.Module, path: Path | None, s: QuantizeSet
     return prompts, special_ids(name, tokenizer).stop_ids, str(source)
 
 
-def stage1(model, prompts, params: DiffusionParams, s: QuantizeSettings) -> Trajectories:
+def stage1(source: WeightSource, prompts, params: DiffusionParams, s: QuantizeSettings) -> Trajectories:
+    """The FP teacher's rollouts (saved ones with --rollouts-file); the teacher is freed on return."""
     if s.rollouts_file:
         saved = torch.load(s.rollouts_file, weights_only=False)
         if saved["fingerprint"] != calibration.fingerprint(prompts) or saved["params"] != params.to_dict():
             raise ValueError(f"{s.rollouts_file}: rollouts of other prompts or diffusion settings")
         return Trajectories(**saved["trajectories"])
-    return rollouts(model, prompts, params, s.batch_size, keep_top1=True, desc="Stage I rollouts")
+    teacher = source.full_model()
+    return rollouts(teacher, prompts, params, s.batch_size, keep_top1=True, desc="Stage I rollouts")
 
 
 def quantize_model(name: str, settings: QuantizeSettings, out: str | Path) -> dict:
     """Quantize model `name` with `settings` into `out`; returns the `inkwell` block written."""
     s = settings.resolved()
     out = check_out_dir(out)
-    model, path = load_source(name)
-    check_group_size(model, s)
+    source = WeightSource.open(name)
+    check_group_size(source.model, s)
     inkwell: dict = {"version": FORMAT_VERSION, "method": s.method, "source_model": name,
                      "settings": s.to_dict(), "calibration": None, "prior_path": None}
     report: dict = {}
     if s.method == "rtn":
-        results = quantize_rtn(model, s)
+        results = quantize_rtn(source, s)
     else:
-        results, report, inkwell["calibration"], prior = _calibrated(name, model, path, s, out)
+        results, report, inkwell["calibration"], prior = _calibrated(name, source, s, out)
         if prior is not None:
             inkwell["prior_path"] = PRIOR_FILE
             inkwell["prior_max_min"] = round(prior.ratio(), 4)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    path = source.path
     source_dtype = (json.loads((path / "config.json").read_text()).get("torch_dtype") if path else None)
-    write_checkpoint(model, results, out, path, source_dtype, s.scale_dtype, s.actorder, inkwell)
+    write_checkpoint(source, results, out, source_dtype, s.scale_dtype, s.actorder, inkwell)
     return inkwell
 
 
-def _calibrated(name, model, path, s: QuantizeSettings, out: Path):
-    prompts, stop_ids, source = probe_prompts(name, model, path, s)
+def _calibrated(name, source: WeightSource, s: QuantizeSettings, out: Path):
+    model, path = source.model, source.path
+    prompts, stop_ids, calib_source = probe_prompts(name, model, path, s)
     params = rollout_params(path, s).resolve(model.config.model_type)
-    traj = stage1(model, prompts, params, s)
+    traj = stage1(source, prompts, params, s)
     if s.save_rollouts:
         torch.save({"fingerprint": calibration.fingerprint(prompts), "params": params.to_dict(),
                     "trajectories": vars(traj)}, out / ROLLOUTS_FILE)
@@ -137,13 +136,13 @@ def _calibrated(name, model, path, s: QuantizeSettings, out: Path):
     if s.calib_canvas == "masked":
         calib = calibration.masked_canvases(calib, model.config.mask_token_id, s.seed)
     weights = token_weights(prior, calib.attention_mask, calib.window_start, stops)
-    results, report = quantize_blocks(model, calib, weights, s)
+    results, report = quantize_blocks(source, calib, weights, s)
     saved_prior = None
     if prior.mode != "uniform":
         prior.save(out / PRIOR_FILE)
         plot_prior(prior, out / PRIOR_PLOT)
         saved_prior = prior
-    info = {"source": source, "prompts": len(prompts), "fingerprint": calibration.fingerprint(prompts),
+    info = {"source": calib_source, "prompts": len(prompts), "fingerprint": calibration.fingerprint(prompts),
             "sequences": int(calib.ids.shape[0]), "sequence_length": int(calib.ids.shape[1]),
             "window": params.gen_length, "canvas": s.calib_canvas, "rollout_params": params.to_dict(),
             "stop_ids": list(stop_ids), "mean_response_stop": float(stops.float().mean())}

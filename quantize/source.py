@@ -1,0 +1,70 @@
+"""`WeightSource`: where Stage II and the export read the FP weights from, so that quantization streams.
+
+A model directory is read from its safetensors files tensor by tensor into a skeleton built on the `meta`
+device: Stage II materialises one block at a time in float32 and releases it once its packed results are
+kept, so peak memory stays near one FP block, plus the embedding that makes block 0's inputs and the
+calibration activations; the export reads the tensors that stay in floating point (embeddings, norms,
+biases, output head) from the file. Stage I, which runs the whole teacher, loads it for the rollouts only
+(`full_model`). A preset has no file: its model is built in memory once, and loading or releasing is a
+no-op on it, so both cases run the same driver and export code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from inkwell.engine import load_model
+from inkwell.engine.loader import load_tensors, read_config, resolve_model_path
+from inkwell.engine.models import build_model, config_from_dict
+from torch import nn
+
+from . import arch
+
+
+class WeightSource:
+    def __init__(self, model: nn.Module, path: Path | None = None) -> None:
+        self.model = model  # with a path: on `meta` except what is loaded; without: the whole FP model
+        self.path = path
+
+    @classmethod
+    def open(cls, name: str) -> WeightSource:
+        """A file-backed source for a model directory (only the embedding loaded), in memory for a preset."""
+        try:
+            path = resolve_model_path(name)
+            if path is None:
+                return cls(load_model(name, dtype=torch.float32))
+            with torch.device("meta"):
+                skeleton = build_model(config_from_dict(read_config(path)))
+            source = cls(skeleton, path)
+            embed = arch.family(skeleton).embed + "."
+            source.load(lambda tensor: tensor.startswith(embed))
+            return source
+        except (ValueError, OSError) as err:  # CheckpointError, a bad config, FileNotFoundError
+            raise ValueError(f"cannot read model {name!r}: {err}") from err
+
+    @property
+    def streamed(self) -> bool:
+        return self.path is not None
+
+    def full_model(self) -> nn.Module:
+        """The whole FP model in float32 (Stage I); for a file-backed source a separate copy, freed when the
+        caller drops it."""
+        return load_model(self.path, dtype=torch.float32) if self.streamed else self.model
+
+    def load(self, keep: Callable[[str], bool]) -> None:
+        """Materialise, in float32, the tensors whose names pass `keep`."""
+        if self.streamed:
+            load_tensors(self.model, self.path, keep)
+
+    def block(self, index: int) -> nn.Module:
+        """Block `index`, its weights materialised."""
+        prefix = f"{arch.family(self.model).blocks}.{index}."
+        self.load(lambda tensor: tensor.startswith(prefix))
+        return arch.blocks(self.model)[index]
+
+    def release(self, module: nn.Module) -> None:
+        """Drop a module's weights (back to `meta`) once what is needed from it is kept."""
+        if self.streamed:
+            module.to("meta")
