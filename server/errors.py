@@ -11,6 +11,7 @@ that names no internals.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,16 +70,54 @@ class ClientClosed(ApiError):
     status, type = 499, "client_closed_request"
 
 
+# pydantic's type errors, and the JSON type each one expected
+EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string",
+            "bool_type": "a boolean", "list_type": "an array", "dict_type": "an object",
+            "model_type": "an object", "model_attributes_type": "an object"}
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a parsed value, in OpenAI's words."""
+    if value is None:
+        return "null"
+    names = [(bool, "a boolean"), (int, "an integer"), (float, "a decimal number"), (str, "a string"),
+             (list, "an array"), (dict, "an object")]
+    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
+
+
+def _param(err: dict) -> str | None:
+    """An error's location as OpenAI writes a parameter (`messages[0].content`), less the body and the
+    branch names pydantic puts in the locations of union members (`str`, `list[int]`)."""
+    out = ""
+    for part in err.get("loc", ()):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and "[" not in part and part not in ("str", "int", "float", "bool"):
+            out += f".{part}" if out else part
+    return out or None
+
+
 def _validation_error(errors: list[dict]) -> BadRequest:
-    """The first pydantic error as one message; an undeclared field is `unsupported: <field>`."""
-    err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if err.get("type") == "extra_forbidden":
+    """One 400 for a failed validation: an undeclared field is `unsupported: <field>`; a JSON value of the
+    wrong type is `Invalid type for '<param>': expected ..., but got ... instead.` (OpenAI's words); anything
+    else is `<param>: <pydantic's message>`. Of several errors the first field's is reported, and of a
+    union's members (`stop`: a string or an array of strings) the one that got furthest."""
+    head, param = errors[0], _param(errors[0])
+    if param is None and head.get("type") in ("json_invalid", "missing", *EXPECTED):
+        return BadRequest(f"the body must be a JSON object ({head.get('msg')})", code="invalid_json")
+    field = re.split(r"[.\[]", param or "")[0]
+    same = [e for e in errors if re.split(r"[.\[]", _param(e) or "")[0] == field]
+    best = max(same, key=lambda e: (len(_param(e) or ""), e.get("type") not in EXPECTED))
+    param = _param(best)
+    if best.get("type") == "extra_forbidden":
         return BadRequest(f"unsupported: {param}", param=param, code="unsupported_field")
-    if err.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and not loc[1:]:
-        return BadRequest(f"the body must be a JSON object ({err.get('msg')})", code="invalid_json")
-    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if best.get("type") in EXPECTED:
+        expected = list(dict.fromkeys(EXPECTED[e["type"]] for e in same
+                                      if e["type"] in EXPECTED and _param(e) == param))
+        wanted = expected[0] if len(expected) == 1 else "one of " + " or ".join(expected)
+        return BadRequest(f"Invalid type for '{param}': expected {wanted}, but got "
+                          f"{_json_type(best.get('input'))} instead.", param=param, code="invalid_type")
+    message = str(best.get("msg", "invalid value")).removeprefix("Value error, ")
     return BadRequest(f"{param}: {message}" if param else message, param=param, code="invalid_value")
 
 

@@ -1,7 +1,9 @@
 """The OpenAI wire schema Inkwell speaks, as pydantic models and nothing else (no torch, no engine).
 
 Requests forbid unknown fields, so every field is either declared here (supported) or answered with a
-400 `unsupported: <field>` by `errors.py`; `docs/openai-fields.md` is the table. A few OpenAI fields are
+400 `unsupported: <field>` by `errors.py`; they are strict about JSON types, as OpenAI is (`"n": "2"`,
+`"stream": "true"` and `"max_tokens": 2.0` are 400s naming the parameter, not coerced; an integer is a
+valid number, so `"temperature": 1` is fine); `docs/openai-fields.md` is the table. A few OpenAI fields are
 accepted only at their neutral value (`NEUTRAL_VALUES`: e.g. `presence_penalty: 0`, which asks for
 nothing) and `null` is accepted for any field, since neither asks the server to do anything. Inkwell's
 diffusion knobs are top-level extras (`extra_body` in the OpenAI clients). Responses and stream chunks are
@@ -32,20 +34,26 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 
 
 class Request(BaseModel):
-    """Base of request bodies: unknown fields are errors (`extra_forbidden` -> 400 `unsupported: <f>`)."""
+    """Base of request bodies: unknown fields are errors (`extra_forbidden` -> 400 `unsupported: <f>`), and
+    a value of the wrong JSON type is an error, never coerced (strict mode)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
     def _drop_neutral(cls, data: Any) -> Any:
-        """Remove fields that ask for nothing: null values, and unsupported fields at their neutral value."""
+        """Remove fields that ask for nothing: null values of optional fields (a required one stays, to be
+        rejected as null), and unsupported fields at their neutral value."""
         if not isinstance(data, dict):
             return data
         declared = cls.model_fields
-        return {k: v for k, v in data.items()
-                if not (v is None or (k not in declared and k in NEUTRAL_VALUES
-                                      and any(v == n and type(v) is type(n) for n in NEUTRAL_VALUES[k])))}
+
+        def asks_nothing(k: str, v: Any) -> bool:
+            if v is None:
+                return not (k in declared and declared[k].is_required())
+            return k not in declared and any(v == n and type(v) is type(n) for n in NEUTRAL_VALUES.get(k, ()))
+
+        return {k: v for k, v in data.items() if not asks_nothing(k, v)}
 
     @model_validator(mode="after")
     def _valid_unicode(self) -> Request:
