@@ -26,15 +26,22 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import AppStatus
 
 from . import errors
-from .errors import Unauthorized, Unavailable
+from .errors import Unauthorized, Unavailable, error_responses
 from .metrics import CONTENT_TYPE
 from .middleware import RequestContext
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 from .serving import ChatServing, CompletionServing
 from .settings import ServerSettings
 from .state import ServerState
@@ -58,7 +65,32 @@ def create_app(settings: ServerSettings, engine_factory) -> FastAPI:
     app.include_router(_api_router(state, settings.api_key))
     app.include_router(_public_router(state))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = _without_422(app.openapi)
     return app
+
+
+def _without_422(openapi):
+    """FastAPI documents a 422 for every route with a body; validation errors are 400s here (documented
+    per route with `error_responses`), so the schema drops the 422 and its two component schemas."""
+
+    def schema() -> dict:
+        out = openapi()  # built once and cached by FastAPI: stripping it again changes nothing
+        for operations in out["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            out.get("components", {}).get("schemas", {}).pop(name, None)
+        return out
+
+    return schema
+
+
+def _completion_responses(model: type) -> dict:
+    """What a completion route answers: the response object, or with `stream: true` the events; errors."""
+    ok = {"model": model, "description": "The completion; with `stream: true`, Server-Sent Events of chunks "
+          "ending with `data: [DONE]` (an error after the first event is one `data: {\"error\": ...}` "
+          "line before it)", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return {200: ok} | error_responses(400, 404, 413, 429, 500, 503, 504)
 
 
 def _lifespan(state: ServerState):
@@ -90,25 +122,26 @@ def _key_check(api_key: str | None):
 
 
 def _api_router(state: ServerState, api_key: str | None) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(_key_check(api_key))])
+    router = APIRouter(dependencies=[Depends(_key_check(api_key))],
+                       responses=error_responses(401) if api_key else None)
     chat, completion = ChatServing(state), CompletionServing(state)
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", responses=_completion_responses(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await chat.create(body, request)
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", responses=_completion_responses(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await completion.create(body, request)
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", responses=error_responses(503))
     async def models() -> ModelList:
         state.require_ready()
         return ModelList(data=[ModelCard(id=m.name, created=m.created, root=m.source,
                                          max_model_len=m.max_length, quantization=m.quantization)
                                for m in state.models.values()])
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -130,7 +163,7 @@ def _api_router(state: ServerState, api_key: str | None) -> APIRouter:
 def _public_router(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health", responses=error_responses(503))
     async def health() -> Response:
         try:
             state.require_ready()

@@ -147,6 +147,25 @@ def to_api_error(exc: BaseException) -> ApiError:
     return ApiError("internal server error", code="internal_error")
 
 
+# every status the server answers with an error body, as /openapi.json documents it (DESIGN section 8)
+STATUS_DOCS = {
+    400: "Bad input: invalid JSON, a value of the wrong type or out of range, an unsupported field, "
+         "parameters that cannot work together, or prompt + canvas beyond the model's context length",
+    401: "Missing or wrong API key (`Authorization: Bearer KEY`)",
+    404: "The model is not served here",
+    413: "The request body is too large",
+    429: "The request queue is full; retry after `Retry-After` seconds",
+    500: "An internal error (its details are only in the server's log)",
+    503: "The models are loading, failed to load, or the server is shutting down",
+    504: "The request passed its deadline (`--request-timeout`)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for these statuses, each an `ErrorResponse`."""
+    return {status: {"model": ErrorResponse, "description": STATUS_DOCS[status]} for status in statuses}
+
+
 def error_body(err: ApiError) -> dict:
     info = ErrorInfo(message=err.message, type=err.type, param=err.param, code=err.code)
     return ErrorResponse(error=info).model_dump()

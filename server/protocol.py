@@ -284,6 +284,7 @@ class ModelList(Wire):
 
 
 class ErrorInfo(Wire):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # all four are always sent
     message: str
     type: str
     param: str | None = None
