@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import arch
 from .calibration import CalibrationSet
-from .methods import METHODS, SCALE_DTYPES, LayerStats, QuantizedWeight
+from .methods import METHODS, SCALE_DTYPES, LayerStats, PackedWeight
 from .refine import refine_scales
 from .settings import QuantizeSettings
 from .source import WeightSource
@@ -105,12 +105,12 @@ def layer_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tenso
 
 
 def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.Tensor,
-                    settings: QuantizeSettings) -> tuple[dict[str, QuantizedWeight], dict]:
-    """Quantize every block's Linear layers; returns {module name: QuantizedWeight} and a report."""
+                    settings: QuantizeSettings) -> tuple[dict[str, PackedWeight], dict]:
+    """Quantize every block's Linear layers; returns {module name: PackedWeight} and a report."""
     s, model, method = settings, source.model, METHODS[settings.method]
     fam = arch.family(model)
     batches = _embed_batches(model, calib, token_w, s.batch_size)
-    results: dict[str, QuantizedWeight] = {}
+    results: dict[str, PackedWeight] = {}
     report: dict = {"blocks": []}
     for index in tqdm(range(len(arch.blocks(model))), desc=f"Stage II ({s.method})", unit="block"):
         t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
                 b.x_q = b.inputs.run(block, b.x_q, index) if s.propagate == "quantized" else target
                 b.x_fp = target
         source.release(block)
-        results.update({f"{fam.blocks}.{index}.{n}": qw for n, qw in block_q.items()})
+        results.update({f"{fam.blocks}.{index}.{n}": qw.packed() for n, qw in block_q.items()})
         report["blocks"].append({"block": index, "seconds": round(time.perf_counter() - t0, 3),
                                  "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "layers": layers,
                                  "refine": refined})
@@ -163,14 +163,14 @@ def _refine(block, index, block_q, batches, targets, token, s: QuantizeSettings)
     return refined, info
 
 
-def quantize_rtn(source: WeightSource, settings: QuantizeSettings) -> dict[str, QuantizedWeight]:
+def quantize_rtn(source: WeightSource, settings: QuantizeSettings) -> dict[str, PackedWeight]:
     """Data-free round to nearest of every block Linear (no calibration pass)."""
     fam, results = arch.family(source.model), {}
     for index in tqdm(range(len(arch.blocks(source.model))), desc="RTN", unit="block"):
         block = source.block(index)
         for name in arch.block_linears(source.model):
             w = block.get_submodule(name).weight.detach().float()
-            results[f"{fam.blocks}.{index}.{name}"] = METHODS["rtn"](w, LayerStats(None), settings)
+            results[f"{fam.blocks}.{index}.{name}"] = METHODS["rtn"](w, LayerStats(None), settings).packed()
         source.release(block)
     return results
 

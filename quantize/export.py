@@ -14,29 +14,28 @@ import torch
 from inkwell.engine.checkpoint import save_model
 from inkwell.engine.loader import parse_dtype
 from inkwell.engine.quant_linear import Int4Linear, quantization_config
-from inkwell.kernels import pack_int4
 from torch import nn
 
-from .methods import SCALE_DTYPES, QuantizedWeight
+from .methods import SCALE_DTYPES, PackedWeight
 from .source import WeightSource
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
-def install_int4(model: nn.Module, results: dict[str, QuantizedWeight], scale_dtype: str) -> None:
+def install_int4(model: nn.Module, results: dict[str, PackedWeight], scale_dtype: str) -> None:
     """Replace each quantized Linear of `model` by an `Int4Linear` holding exactly the codes and scales."""
     dtype = SCALE_DTYPES[scale_dtype]
     for name, qw in results.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, child)
-        layer = Int4Linear(pack_int4(qw.q), qw.scales.to(dtype), qw.group_size, linear.bias,
+        layer = Int4Linear(qw.weight_packed, qw.scales.to(dtype), qw.group_size, linear.bias,
                            dtype=torch.float32, layout="qweight")
         setattr(parent, child, layer)
 
 
-def config_groups_for(results: dict[str, QuantizedWeight], head: str, actorder: bool) -> dict:
+def config_groups_for(results: dict[str, PackedWeight], head: str, actorder: bool) -> dict:
     """`quantization_config` (without the inkwell block): one group targeting Linear when every layer has
     the same group size, else one group per size targeting its layers by exact name (per-channel)."""
     sizes: dict[int, list[str]] = {}
@@ -72,7 +71,7 @@ def copy_side_files(source: Path | None, out: Path) -> list[str]:
     return copied
 
 
-def write_checkpoint(source: WeightSource, results: dict[str, QuantizedWeight], out: Path,
+def write_checkpoint(source: WeightSource, results: dict[str, PackedWeight], out: Path,
                      source_dtype: str | None, scale_dtype: str, actorder: bool, inkwell: dict) -> Path:
     """Write the int4 model directory `out` (model.safetensors, config.json, side files)."""
     quantized = {f"{name}.weight" for name in results}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from inkwell.kernels import pack_int4
 
 from .gptq import clip_search, dequantize, gptq, rtn
 from .settings import QuantizeSettings
@@ -38,6 +39,22 @@ class QuantizedWeight:
 
     def weight(self) -> torch.Tensor:
         return dequantize(self.q, self.scales)  # [N, K] float32
+
+    def packed(self) -> PackedWeight:
+        return PackedWeight(pack_int4(self.q), self.scales)
+
+
+@dataclass
+class PackedWeight:
+    """A finished layer as Stage II keeps it until the export: the codes packed 8 to an int32 (half a byte
+    per weight, the checkpoint's `weight_packed`) and the scales."""
+
+    weight_packed: torch.Tensor  # int32 [N, K/8]
+    scales: torch.Tensor  # float32 [N, K/g]
+
+    @property
+    def group_size(self) -> int:
+        return self.weight_packed.shape[1] * 8 // self.scales.shape[1]
 
 
 Method = Callable[[torch.Tensor, LayerStats, QuantizeSettings], QuantizedWeight]
