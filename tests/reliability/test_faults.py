@@ -20,6 +20,7 @@ from ..server.sse import post_stream
 from .inprocess import live_request_objects
 
 POISON = [500, 501, 502, 503, 504, 505]  # six distinct ids no prompt here holds, and sampling won't write
+FAULT_SEED = 4242  # choice 1 of a request with this seed fails mid-stream (`failing_choice_factory`)
 
 
 def poisoning_factory(models, settings):
@@ -39,6 +40,31 @@ def poisoning_factory(models, settings):
     model.forward = forward
     engine = make_engine(models, settings)
     engine.faults = seen
+    return engine
+
+
+def failing_choice_factory(models, settings):
+    """make_engine, where the row seeded FAULT_SEED + 1 (choice 1 of a request seeded FAULT_SEED: row i uses
+    seed + i) fails after two step events (test-only fault injection; later items of that row are dropped)."""
+    engine = make_engine(models, settings)
+    submit = engine.submit
+
+    def faulty_submit(request, sink, **kwargs):
+        if request.seed != FAULT_SEED + 1:
+            return submit(request, sink, **kwargs)
+        delivered = 0
+
+        def faulty_sink(item) -> None:
+            nonlocal delivered
+            delivered += 1
+            if delivered <= 2:
+                sink(item)
+            elif delivered == 3:
+                sink(RuntimeError("injected fault in choice 1"))
+
+        return submit(request, faulty_sink, **kwargs)
+
+    engine.submit = faulty_submit
     return engine
 
 
@@ -99,3 +125,32 @@ def test_disconnect_storm_leaves_nothing_behind(in_process, storm, soak, caplog)
     assert server.leftovers() == leftovers_before == {
         "generations": 0, "engine_waiting": 0, "engine_running": 0, "metric_waiting_rows": 0}
     assert live_request_objects(server.state.engine) == 0
+
+
+def test_every_stream_ends_with_done_when_a_choice_fails_or_stops(in_process):
+    """One of n=2 choices failing mid-stream: both choices had streamed, then one `server_error` chunk, then
+    `[DONE]`, and the other choice is cancelled; non-streaming, the same is a 500. n=2 choices ending at stop
+    strings, with the usage chunk: `[DONE]` after both finish reasons and the usage."""
+    server = in_process(failing_choice_factory)
+    failing = {"model": "tiny", "prompt": "All the world", "max_tokens": 32, "n": 2, "seed": FAULT_SEED,
+               "commit_events": True}
+    failed = post_stream(server.url, "/v1/completions", failing)
+    assert failed.status == 200 and failed.done, failed.raw[-300:]
+    assert failed.events[-1]["error"]["type"] == "server_error" and "choices" not in failed.events[-1]
+    assert {c["index"] for e in failed.events[:-1] for c in e["choices"]} == {0, 1}
+    assert not failed.finish_reasons  # neither choice finished: the request failed as a whole
+    unary = httpx.post(server.url + "/v1/completions", json=failing | {"commit_events": False}, timeout=120)
+    assert unary.status_code == 500 and unary.json()["error"]["code"] == "internal_error"
+
+    stopping = {"model": "tiny", "messages": [{"role": "user", "content": "All the world"}], "max_tokens": 32,
+                "n": 2, "seed": 7, "stop": [" ", "e", "a"], "stream_options": {"include_usage": True}}
+    stopped = post_stream(server.url, "/v1/chat/completions", stopping)
+    assert stopped.status == 200 and stopped.done, stopped.raw[-300:]
+    assert set(stopped.finish_reasons) == {0, 1} and not any("error" in e for e in stopped.events)
+    assert stopped.events[-1]["choices"] == [] and stopped.events[-1]["usage"]["completion_tokens"] >= 0
+
+    deadline = time.monotonic() + 30  # the failed row's engine side runs out its remaining steps
+    while server.leftovers()["engine_running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.leftovers() == {"generations": 0, "engine_waiting": 0, "engine_running": 0,
+                                  "metric_waiting_rows": 0}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from .conftest import API_KEY
-from .fuzz import problems, run_fuzz
+from .fuzz import MAX_STREAM_EVENTS, check, load_schema, problems, run_fuzz
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
 MSG = [{"role": "user", "content": "To be, or not to be"}]
@@ -23,6 +23,28 @@ def test_schemathesis_cases_get_no_5xx_and_openai_errors(keyed_server):
     assert report.calls >= 100
     assert report.statuses[200] >= 10 and report.statuses[400] >= 10, report.statuses  # both kinds happened
     assert not any(status >= 500 for status in report.statuses)
+
+
+def test_long_streams_are_read_to_their_end(keyed_server):
+    """The 1,000-case run's one "stream without [DONE]" was the client's: schemathesis stops reading an event
+    stream after 20 events by default, and a stream with more (here `n: 2` with `commit_events`, about 40)
+    then looks cut: with that default the same symptom shows. The fuzzer reads the stream to `[DONE]`, and
+    reports a stream the client cuts short as such."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = chat(n=2, stream=True, commit_events=True, steps=16, seed=3)
+    for cap in (20, MAX_STREAM_EVENTS):
+        case = load_schema(keyed_server.url, headers, cap)["/v1/chat/completions"]["POST"].Case(
+            body=body, media_type="application/json")
+        response, found = check(case, keyed_server.url, headers, timeout=120)
+        data = [line for line in response.text.split("\n") if line.startswith("data: ")]
+        if cap == 20:
+            assert response.stream_cut_short and len(data) == 20 and data[-1] != "data: [DONE]"
+            sse = {"x-request-id": "-", "content-type": "text/event-stream"}
+            assert problems(200, sse, response.text) == ["stream does not end with data: [DONE]"]
+            assert found == ["the client stopped reading the stream before its end (the request timeout)"]
+        else:
+            assert not response.stream_cut_short and found == [], found
+            assert len(data) > 20 and data[-1] == "data: [DONE]"
 
 
 def raw(body: dict | str | bytes) -> bytes:
@@ -82,6 +104,13 @@ CASES = {
     "prompt-object": ("/v1/completions", text(prompt={"a": 1}), 400),
     "max-tokens-string": ("/v1/completions", text(max_tokens="ten"), 400),
     "stop-int": ("/v1/completions", text(stop=5), 400),
+    "n-string": ("/v1/chat/completions", chat(n="2"), 400),  # was coerced to 2 (pydantic's lax mode)
+    "stream-string": ("/v1/completions", text(stream="true"), 400),
+    "max-tokens-float": ("/v1/completions", text(max_tokens=16.0), 400),
+    "temperature-string": ("/v1/chat/completions", chat(temperature="0.5"), 400),
+    "temperature-int": ("/v1/chat/completions", chat(temperature=1, seed=1), 200),  # an integer is a number
+    "model-null": ("/v1/completions", text(model=None), 400),
+    "prompt-ids-bool": ("/v1/completions", text(prompt=[True]), 400),
     "role-unknown": ("/v1/chat/completions", chat(messages=[{"role": "robot", "content": "a"}]), 400),
     "body-array": ("/v1/completions", b"[1, 2, 3]", 400),
     "body-null": ("/v1/completions", b"null", 400),
@@ -108,7 +137,8 @@ CASES = {
 def test_hand_written_hostile_input(keyed_server, path, body, status):
     r = httpx.post(keyed_server.url + path, content=raw(body), headers=AUTH, timeout=120)
     assert r.status_code == status, r.text[:300]
-    assert problems(r.status_code, r.headers, r.text) == []
+    schema = httpx.get(keyed_server.url + "/openapi.json", headers=AUTH, timeout=30).json()
+    assert problems(r.status_code, r.headers, r.text, schema["paths"][path]["post"]["responses"]) == []
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

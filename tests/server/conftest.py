@@ -57,7 +57,7 @@ class ServerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"server did not open its port in {timeout} s:\n{self.log.read_text()}")
 
-    def wait_healthy(self, timeout: float = 120) -> None:
+    def wait_healthy(self, timeout: float = 300) -> None:  # start-up takes minutes on a busy machine
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.check_alive()
