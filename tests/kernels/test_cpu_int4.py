@@ -79,13 +79,14 @@ def test_limits_are_named(n, k, g, reason):
 
 def test_dispatch_picks_the_layout_by_weight_dtype():
     packed, scales = _layer(32, 128, 32, scale_dtype=torch.float16)
-    x = torch.randn(2, 3, 128)
+    x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(1))
     ref = int4_matmul_reference(x, packed, scales)
     qweight_out = int4_matmul(x, packed.T.contiguous(), scales.T.contiguous(), 32)  # CPU: the reference
     assert qweight_out.shape == (2, 3, 32) and torch.equal(qweight_out, ref)
     weight, scales_and_zeros = to_int4pack_cpu(packed, scales, 32)
     cpu_out = int4_matmul(x, weight, scales_and_zeros, 32)
-    assert cpu_out.dtype == x.dtype and torch.allclose(cpu_out, ref, rtol=0.05, atol=0.05)
+    # the int4pack op computes in bf16: error relative to the output's scale, not per element
+    assert cpu_out.dtype == x.dtype and (cpu_out - ref).abs().max() <= 0.02 * ref.abs().max()
     with pytest.raises(ValueError, match="weight must be int32 qweight"):
         int4_matmul(x, packed.T.to(torch.int64), scales.T.contiguous(), 32)
 
