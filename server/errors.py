@@ -97,6 +97,11 @@ def _param(err: dict) -> str | None:
     return out or None
 
 
+def _top_field(param: str | None) -> str:
+    """The top-level request field of a parameter path (`messages` of `messages[0].content`)."""
+    return re.split(r"[.\[]", param or "")[0]
+
+
 def _validation_error(errors: list[dict]) -> BadRequest:
     """One 400 for a failed validation: an undeclared field is `unsupported: <field>`; a JSON value of the
     wrong type is `Invalid type for '<param>': expected ..., but got ... instead.` (OpenAI's words); anything
@@ -105,8 +110,8 @@ def _validation_error(errors: list[dict]) -> BadRequest:
     head, param = errors[0], _param(errors[0])
     if param is None and head.get("type") in ("json_invalid", "missing", *EXPECTED):
         return BadRequest(f"the body must be a JSON object ({head.get('msg')})", code="invalid_json")
-    field = re.split(r"[.\[]", param or "")[0]
-    same = [e for e in errors if re.split(r"[.\[]", _param(e) or "")[0] == field]
+    field = _top_field(param)
+    same = [e for e in errors if _top_field(_param(e)) == field]
     best = max(same, key=lambda e: (len(_param(e) or ""), e.get("type") not in EXPECTED))
     param = _param(best)
     if best.get("type") == "extra_forbidden":
