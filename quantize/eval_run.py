@@ -45,6 +45,8 @@ class EvalSettings:
                              "of the commits; 1 = every commit)")
     probe_stride: int = _f(1, "re-mask probes every this many steps (and on the final canvas)")
     probe_positions: int = _f(0, "probed positions per prompt (0 = every served commit)")
+    early_stop: bool = _f(True, "score what the served sampler commits (it stops at the first stop id); "
+                                "false: every canvas position, as the reference sampler commits them")
     free_running: bool = _f(True, "also generate with each candidate and compare with the teacher")
     nll_windows: int = _f(64, "held-out windows for masked-token NLL")
     nll_length: int = _f(256, "tokens per NLL window")
@@ -122,9 +124,9 @@ def _with_ci(x: PerPrompt, s: EvalSettings, other: PerPrompt | None = None) -> d
 def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettings) -> dict:
     base = rollout_params(resolve_model_path(reference), s)
     params = DiffusionParams(**{**base.to_dict(), "remasking": order}).resolve(ref.config.model_type)
-    # early stop as served: nothing after the served horizon is scored
-    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})",
-                             stop_ids=tuple(stops))
+    # early stop as served: nothing after the served horizon is scored; off: the whole canvas is
+    stops = tuple(stops) if s.early_stop else ()
+    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})", stop_ids=stops)
     canvas = evaluate.make_canvas(ref, prompts)
     counted = served_commits(traj.commit_step, traj.tokens, stops)
     scored = counted & (traj.commit_step % s.flip_stride == 0)
@@ -140,8 +142,7 @@ def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettin
         argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}", scored)
         raw[label]["flip"] = flip_rate(argmax != traj.tokens, scored)
         if s.free_running:
-            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}",
-                                        tuple(stops))
+            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}", stops)
             same = (own == traj.tokens) & text
             raw[label]["free"] = PerPrompt(same.sum(1).double(), text.sum(1).double())
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),

@@ -130,7 +130,7 @@ def sample_positions(counted: torch.Tensor, per_prompt: int, seed: int) -> torch
 
 def free_running(model: nn.Module, prompts: list[torch.Tensor], params: DiffusionParams, batch_size: int,
                  desc: str, stop_ids: tuple[int, ...]) -> torch.Tensor:
-    """The model's own greedy final canvases [R, K], early stop on as served."""
+    """The model's own greedy final canvases [R, K], stopping early at `stop_ids` (none: never)."""
     return rollouts(model, prompts, params, batch_size, keep_top1=False, desc=desc, stop_ids=stop_ids).tokens
 
 

@@ -89,3 +89,18 @@ def test_candidate_labels():
     assert parse_candidates(["a=/x/y", "/p/q"]) == {"a": "/x/y", "q": "/p/q"}
     with pytest.raises(ValueError, match="used twice"):
         parse_candidates(["/a/q", "/b/q"])
+
+
+def test_early_stop_off_scores_every_canvas_position(result, tmp_path):
+    """`--early-stop false` scores the whole canvas (the reference sampler's trajectory): 8 prompts x 16
+    positions, every one a scored commit; with early stop as served, never more."""
+    r, root = result
+    out = tmp_path / "full.json"
+    assert main(["--reference", "tiny-llada", "--candidate", str(root / "rtn3"), "--json", str(out),
+                 *ARGS[:-2], "--flip-stride", "1", "--orders", "low_confidence", "--free-running", "false",
+                 "--early-stop", "false"]) == 0
+    full = json.loads(out.read_text())
+    o = full["orders"]["low_confidence"]
+    assert full["settings"]["early_stop"] is False
+    assert o["commits"] == o["scored_commits"] == 8 * 16
+    assert r["orders"]["low_confidence"]["commits"] <= 8 * 16
