@@ -73,10 +73,13 @@ class BlockInputs:
         return block(x, self.rope, self.key_mask, None, index, 0)  # x: [B, L, D] -> [B, L, D]
 
 
-def embed(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None):
-    """(hidden states [B, L, D] entering block 0, BlockInputs) for token ids [B, L]."""
+def embed(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+          dtype: torch.dtype | None = None):
+    """(hidden states [B, L, D] entering block 0, in `dtype` (default the embedding's), BlockInputs) for
+    token ids [B, L]."""
     c = model.config
     x = model.get_submodule(family(model).embed)(ids)
+    x = x if dtype is None else x.to(dtype)
     pos, key_mask = forward_positions(ids, attention_mask, None, 0)
     return x, BlockInputs(rotary(pos, c.head_dim, c.rope_theta, upcast_dtype(x.dtype)), key_mask)
 
@@ -88,8 +91,9 @@ def attention_probs(model: nn.Module, block: nn.Module, x: torch.Tensor, inputs:
     n_heads, kv_heads, head_dim = fam.heads(model.config)
     attn = block.get_submodule(fam.attn) if fam.attn else block
     h = block.get_submodule(fam.attn_norm)(x)
-    q = apply_rotary(split_heads(attn.q_proj(h), n_heads), *inputs.rope).float()  # [B, H, L, d]
-    k = apply_rotary(split_heads(attn.k_proj(h), kv_heads), *inputs.rope).float()
+    up = upcast_dtype(x.dtype)
+    q = apply_rotary(split_heads(attn.q_proj(h), n_heads), *inputs.rope).to(up)  # [B, H, L, d]
+    k = apply_rotary(split_heads(attn.k_proj(h), kv_heads), *inputs.rope).to(up)
     k = k.repeat_interleave(n_heads // kv_heads, dim=1)
     scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [B, H, L, L]
     if inputs.key_mask is not None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import arch
 from .calibration import CalibrationSet
-from .methods import METHODS, SCALE_DTYPES, LayerStats, PackedWeight
+from .methods import COMPUTE_DTYPES, METHODS, SCALE_DTYPES, LayerStats, PackedWeight
 from .refine import refine_scales
 from .settings import QuantizeSettings
 from .source import WeightSource
@@ -43,12 +43,13 @@ class Batch:
     w: torch.Tensor  # [b, L] token weights (prior, floor, 0 on padding)
 
 
-def _embed_batches(model: nn.Module, calib: CalibrationSet, token_w: torch.Tensor, size: int) -> list[Batch]:
+def _embed_batches(model: nn.Module, calib: CalibrationSet, token_w: torch.Tensor, size: int,
+                   dtype: torch.dtype) -> list[Batch]:
     out = []
     with torch.no_grad():
         for sl in calib.batches(size):
-            x, inputs = arch.embed(model, calib.ids[sl], calib.attention_mask[sl])
-            out.append(Batch(x, x, inputs, token_w[sl].float()))
+            x, inputs = arch.embed(model, calib.ids[sl], calib.attention_mask[sl], dtype)
+            out.append(Batch(x, x, inputs, token_w[sl].to(x.dtype)))
     return out
 
 
@@ -109,12 +110,12 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
     """Quantize every block's Linear layers; returns {module name: PackedWeight} and a report."""
     s, model, method = settings, source.model, METHODS[settings.method]
     fam = arch.family(model)
-    batches = _embed_batches(model, calib, token_w, s.batch_size)
+    batches = _embed_batches(model, calib, token_w, s.batch_size, COMPUTE_DTYPES[s.compute_dtype])
     results: dict[str, PackedWeight] = {}
     report: dict = {"blocks": []}
     for index in tqdm(range(len(arch.blocks(model))), desc=f"Stage II ({s.method})", unit="block"):
         t0 = time.perf_counter()
-        block = source.block(index)
+        block = source.block(index).to(COMPUTE_DTYPES[s.compute_dtype])
         with torch.no_grad():
             targets = [b.inputs.run(block, b.x_fp, index) for b in batches]  # teacher outputs h*
         token = [b.w for b in batches]
@@ -139,7 +140,7 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
             for b, target in zip(batches, targets, strict=True):
                 b.x_q = b.inputs.run(block, b.x_q, index) if s.propagate == "quantized" else target
                 b.x_fp = target
-        source.release(block)
+        source.release(block.float())  # a preset's block stays in memory: back to float32 for the export
         results.update({f"{fam.blocks}.{index}.{n}": qw.packed() for n, qw in block_q.items()})
         report["blocks"].append({"block": index, "seconds": round(time.perf_counter() - t0, 3),
                                  "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "layers": layers,
@@ -157,7 +158,8 @@ def _refine(block, index, block_q, batches, targets, token, s: QuantizeSettings)
                                                 None if mask is None else mask[rows], None, index, 0))
 
     refined, info = refine_scales(forward, block_q, targets, token, s.refine_steps, s.refine_lr,
-                                  s.refine_batch, SCALE_DTYPES[s.scale_dtype], s.seed + index)
+                                  s.refine_batch, SCALE_DTYPES[s.scale_dtype], s.seed + index,
+                                  COMPUTE_DTYPES[s.compute_dtype])
     for name, qw in refined.items():
         _set_weight(block, name, qw.weight())
     return refined, info

@@ -51,16 +51,17 @@ def clip_search(w: torch.Tensor, hessian: torch.Tensor, group_size: int, bits: i
                 clip_min: float, grid: int) -> torch.Tensor:
     """Per-group scales [N, G] choosing, for each group, the clipping ratio α in linspace(1, clip_min, grid)
     minimising the group's output error eᵀ H_gg e, e = w_g - Q_α(w_g) (the weighted Hessian's diagonal
-    blocks; AWQ-style clipping, arXiv:2306.00978, with GPTQ's proxy loss)."""
+    blocks; AWQ-style clipping, arXiv:2306.00978, with GPTQ's proxy loss). Errors are float64, so near
+    ties between ratios fall the same way on any machine."""
     n, k = w.shape
     groups = k // group_size
     h_blocks = torch.stack([hessian[i:i + group_size, i:i + group_size]
-                            for i in range(0, k, group_size)]).float()  # [G, g, g]
-    best_err = torch.full((n, groups), torch.inf)
+                            for i in range(0, k, group_size)]).double()  # [G, g, g]
+    best_err = torch.full((n, groups), torch.inf, dtype=torch.float64)
     best = absmax_scales(w, group_size, bits, dtype)
     for ratio in torch.linspace(1.0, clip_min, grid).tolist():
         scales = absmax_scales(w, group_size, bits, dtype, ratio)
-        e = (w.float() - dequantize(codes(w, scales, bits), scales)).view(n, groups, group_size)
+        e = (w.double() - dequantize(codes(w, scales, bits), scales).double()).view(n, groups, group_size)
         err = torch.einsum("ngi,gij,ngj->ng", e, h_blocks, e)  # [N, G]
         better = err < best_err
         best_err = torch.where(better, err, best_err)

@@ -18,6 +18,7 @@ from .gptq import clip_search, dequantize, gptq, rtn
 from .settings import QuantizeSettings
 
 SCALE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass

@@ -21,10 +21,11 @@ Forward = Callable[[int, object, dict[str, torch.Tensor]], torch.Tensor]
 
 
 def _weights(block_q: dict[str, QuantizedWeight], theta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Dequantized weights, in theta's dtype, with the scales s0·exp θ."""
     out = {}
     for name, qw in block_q.items():
-        s = qw.scales * theta[name].exp()  # [N, G]
-        out[f"{name}.weight"] = qw.q.float() * s.repeat_interleave(qw.group_size, dim=1)
+        s = qw.scales.to(theta[name].dtype) * theta[name].exp()  # [N, G]
+        out[f"{name}.weight"] = qw.q.to(s.dtype) * s.repeat_interleave(qw.group_size, dim=1)
     return out
 
 
@@ -43,13 +44,15 @@ def _loss(forward, weights, targets, token_w, rows=None) -> torch.Tensor:
 
 def refine_scales(forward: Forward, block_q: dict[str, QuantizedWeight], targets: list[torch.Tensor],
                   token_w: list[torch.Tensor], steps: int, lr: float, batch: int, scale_dtype: torch.dtype,
-                  seed: int) -> tuple[dict[str, QuantizedWeight], dict]:
+                  seed: int, dtype: torch.dtype = torch.float32) -> tuple[dict[str, QuantizedWeight], dict]:
     """Refined copies of `block_q` (codes unchanged) and a report {before, after, kept}.
 
     `forward(b, rows, weights)` is the block's output [rows, L, D] on calibration batch b with its Linear
-    weights replaced by `weights`; targets [b, L, D] and token_w [b, L] are per calibration batch."""
-    token_w = [w.float() for w in token_w]
-    theta = {name: torch.zeros_like(qw.scales, requires_grad=True) for name, qw in block_q.items()}
+    weights replaced by `weights`; targets [b, L, D] and token_w [b, L] are per calibration batch. The
+    optimisation runs in `dtype` (float64: the same refined scales on any machine)."""
+    token_w = [w.to(dtype) for w in token_w]
+    theta = {name: torch.zeros_like(qw.scales, dtype=dtype, requires_grad=True)
+             for name, qw in block_q.items()}
     with torch.no_grad():
         before = float(_loss(forward, _weights(block_q, theta), targets, token_w))
     opt = torch.optim.Adam(theta.values(), lr=lr)
@@ -67,9 +70,10 @@ def refine_scales(forward: Forward, block_q: dict[str, QuantizedWeight], targets
             loss = _loss(forward, _weights(block_q, theta), targets, token_w, rows)
             loss.backward()
         opt.step()
-    refined = {name: QuantizedWeight(qw.q, round_scales(qw.scales * theta[name].detach().exp(), scale_dtype))
+    refined = {name: QuantizedWeight(qw.q, round_scales(qw.scales * theta[name].detach().exp().float(),
+                                                        scale_dtype))
                for name, qw in block_q.items()}
-    zero = {name: torch.zeros_like(qw.scales) for name, qw in refined.items()}
+    zero = {name: torch.zeros_like(qw.scales, dtype=dtype) for name, qw in refined.items()}
     with torch.no_grad():
         after = float(_loss(forward, _weights(refined, zero), targets, token_w))
     kept = after < before

@@ -17,6 +17,7 @@ CalibCanvas = Literal["clean", "masked"]
 Propagate = Literal["quantized", "fp"]
 KVWeighting = Literal["attention", "token"]
 ScaleDtype = Literal["bfloat16", "float16"]
+ComputeDtype = Literal["float32", "float64"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 # What a method does when its switch is left at None: clipping search, scale refinement, token weights.
@@ -77,6 +78,9 @@ class QuantizeSettings:
     refine_lr: float = _f(0.002, "Adam learning rate on log-scales")
     refine_batch: int = _f(8, "sequences per refinement step")
     batch_size: int = _f(16, "sequences per forward pass")
+    compute_dtype: ComputeDtype = _f("float32", "dtype of Stage II (block forwards, attention weights, scale "
+                                                "refinement): float64 gives the same codes on any CPU",
+                                     get_args(ComputeDtype))
 
     def __post_init__(self) -> None:
         choices = {f.name: f.metadata.get("choices") for f in fields(self)}

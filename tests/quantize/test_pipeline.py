@@ -136,3 +136,22 @@ def test_unwritable_output_directory(capsys, tmp_path):
     blocker.write_text("")
     assert main(["--model", "tiny-llada", "--method", "rtn", "--out", str(blocker / "out")]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_float64_stage_two_is_independent_of_the_matmul_kernels(tmp_path):
+    """`--compute-dtype float64` (what the shipped model uses): the same checkpoint whatever order the BLAS
+    kernels sum in (here: 1 vs 2 threads, as a stand-in for another CPU), with no float64 tensor in it."""
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, name in ((1, "one"), (2, "two")):
+            torch.set_num_threads(n)
+            runs.append(quantize(tmp_path / name, "tiny-llada", "--method", "fair-calib", "--compute-dtype",
+                                 "float64", "--calib-prompts", "8"))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(t.dtype == torch.float64 for t in a.values())
+    assert _inkwell(runs[0])["settings"]["compute_dtype"] == "float64"
+    assert isinstance(load_model(runs[0]).model.transformer.blocks[0].q_proj, Int4Linear)
