@@ -198,6 +198,7 @@ class Engine:
         while True:
             with self._cv:
                 while not self._stopping and not self._waiting and not any(self._running.values()):
+                    self._cancelled.clear()  # idle: every cancel left is for a request that already ended
                     self._cv.wait()
                 if self._stopping:
                     return

@@ -65,6 +65,16 @@ class InProcessServer:
         names = [t.get_coro().__qualname__ for t in self.call(asyncio.all_tasks)]
         return sorted(n for n in names if n not in SERVER_TASKS)
 
+    def settle(self, timeout: float = 60) -> tuple[list[str], dict[str, int]]:
+        """(request tasks, leftovers) once both are empty and zero, or when `timeout` s have passed. A
+        request's response can end before the engine has dropped its row: the server cancels a row it no
+        longer needs (its answer is complete, its client left), and the scheduler applies that at its next
+        step."""
+        end = time.monotonic() + timeout
+        while (self.request_tasks() or any(self.leftovers().values())) and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.request_tasks(), self.leftovers()
+
     def leftovers(self) -> dict[str, int]:
         """What finished requests must not leave behind: open generations, engine rows, waiting-row counts."""
         engine = self.state.engine
@@ -78,6 +88,24 @@ async def _cancel_all() -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+def engine_report(engine) -> str:
+    """What is left in `engine` and where its scheduler thread is: the message of a failed leftover check."""
+    import sys
+    import traceback
+    lines = [f"waiting: {[s.request.request_id for s in engine._waiting]}",
+             f"cancel requests not yet applied: {sorted(engine._cancelled)}"]
+    for name, slots in engine._running.items():
+        for s in slots:
+            row = s.row
+            left = None if s.request.deadline is None else round(s.request.deadline - time.monotonic())
+            lines.append(f"running {name}: {s.request.request_id} step {row.step} block {row.block} "
+                         f"done {row.done} cancelled {s.cancelled} deadline in {left} s")
+    frame = sys._current_frames().get(engine._thread.ident)
+    if frame is not None:
+        lines += ["scheduler thread:", *traceback.format_stack(frame)[-6:]]
+    return "\n".join(lines)
 
 
 def live_request_objects(engine) -> int:
