@@ -110,7 +110,9 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
     """Quantize every block's Linear layers; returns {module name: PackedWeight} and a report."""
     s, model, method = settings, source.model, METHODS[settings.method]
     fam = arch.family(model)
+    embedding = source.module(fam.embed)
     batches = _embed_batches(model, calib, token_w, s.batch_size, COMPUTE_DTYPES[s.compute_dtype])
+    source.release(embedding)  # block 0's inputs are made: the embedding is done
     results: dict[str, PackedWeight] = {}
     report: dict = {"blocks": []}
     for index in tqdm(range(len(arch.blocks(model))), desc=f"Stage II ({s.method})", unit="block"):

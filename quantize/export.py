@@ -1,8 +1,9 @@
-"""Write a quantized model in the DESIGN section 5 format: `Int4Linear` layers (written through their
-`checkpoint_tensors()` by `engine.checkpoint.save_model`), `quantization_config` with the `inkwell` block,
-and the source model's tokenizer and generation files, then validate the config with compressed-tensors. The
-tensors that stay in floating point (embeddings, norms, biases, output head) come from the `WeightSource`,
-read from the source file when it streams.
+"""Write a quantized model in the DESIGN section 5 format: for each quantized Linear its `weight_packed`,
+`weight_scale` and `weight_shape`, every other tensor (embeddings, norms, biases, output head) in the source
+dtype, `quantization_config` with the `inkwell` block, and the source model's tokenizer and generation files;
+the config is validated with compressed-tensors. The safetensors file is written one tensor at a time, each
+floating-point tensor read from the source file when the `WeightSource` streams, so the export holds the
+packed results and one tensor, not the model.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from inkwell.engine.checkpoint import save_model
+from inkwell.engine.checkpoint import TensorEntry, write_config, write_safetensors
 from inkwell.engine.loader import parse_dtype
-from inkwell.engine.quant_linear import Int4Linear, quantization_config
-from torch import nn
+from inkwell.engine.quant_linear import quantization_config
 
 from .methods import SCALE_DTYPES, PackedWeight
 from .source import WeightSource
@@ -23,16 +23,26 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
               "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
-def install_int4(model: nn.Module, results: dict[str, PackedWeight], scale_dtype: str) -> None:
-    """Replace each quantized Linear of `model` by an `Int4Linear` holding exactly the codes and scales."""
-    dtype = SCALE_DTYPES[scale_dtype]
-    for name, qw in results.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
-        layer = Int4Linear(qw.weight_packed, qw.scales.to(dtype), qw.group_size, linear.bias,
-                           dtype=torch.float32, layout="qweight")
-        setattr(parent, child, layer)
+def checkpoint_entries(source: WeightSource, results: dict[str, PackedWeight], scale_dtype: torch.dtype,
+                       dtype: torch.dtype | None) -> list[TensorEntry]:
+    """What the checkpoint stores, in the model's state-dict order: a quantized layer's three int4 tensors in
+    place of its `weight`, every other tensor as the source holds it (floats in `dtype` when given)."""
+    entries = []
+    for name, tensor in source.model.state_dict(keep_vars=True).items():
+        module, _, leaf = name.rpartition(".")
+        qw = results.get(module)
+        if qw is not None and leaf == "weight":
+            packed = qw.weight_packed
+            n, k = packed.shape[0], packed.shape[1] * 8
+            entries += [
+                TensorEntry(f"{module}.weight_packed", torch.int32, (n, k // 8), lambda p=packed: p),
+                TensorEntry(f"{module}.weight_scale", scale_dtype, tuple(qw.scales.shape),
+                            lambda q=qw: q.scales.to(scale_dtype)),
+                TensorEntry(f"{module}.weight_shape", torch.int64, (2,), lambda s=(n, k): torch.tensor(s))]
+            continue
+        out = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        entries.append(TensorEntry(name, out, tuple(tensor.shape), lambda n=name, d=out: source.tensor(n, d)))
+    return entries
 
 
 def config_groups_for(results: dict[str, PackedWeight], head: str, actorder: bool) -> dict:
@@ -74,13 +84,12 @@ def copy_side_files(source: Path | None, out: Path) -> list[str]:
 def write_checkpoint(source: WeightSource, results: dict[str, PackedWeight], out: Path,
                      source_dtype: str | None, scale_dtype: str, actorder: bool, inkwell: dict) -> Path:
     """Write the int4 model directory `out` (model.safetensors, config.json, side files)."""
-    quantized = {f"{name}.weight" for name in results}
-    source.load(lambda tensor: tensor not in quantized)
     model = source.model
-    install_int4(model, results, scale_dtype)
     config = config_groups_for(results, model.output_head_name, actorder) | {"inkwell": inkwell}
     validate_config(config)
     dtype = parse_dtype(source_dtype) if source_dtype in ("float16", "bfloat16", "float32") else None
-    save_model(model, out, dtype=dtype, config_updates={"quantization_config": config})
+    entries = checkpoint_entries(source, results, SCALE_DTYPES[scale_dtype], dtype)
+    write_safetensors(out / "model.safetensors", entries, {"format": "pt"})
+    write_config(model.config.to_dict() | {"quantization_config": config}, out, [e.dtype for e in entries])
     copy_side_files(source.path, out)
     return out

@@ -1,12 +1,12 @@
 """`WeightSource`: where Stage II and the export read the FP weights from, so that quantization streams.
 
 A model directory is read from its safetensors files tensor by tensor into a skeleton built on the `meta`
-device: Stage II materialises one block at a time in float32 and releases it once its packed results are
-kept, so peak memory stays near one FP block, plus the embedding that makes block 0's inputs and the
+device: Stage II materialises the embedding to make block 0's inputs, then one block at a time in float32,
+releasing each once its packed results are kept, so peak memory stays near one FP block plus the
 calibration activations; the export reads the tensors that stay in floating point (embeddings, norms,
-biases, output head) from the file. Stage I, which runs the whole teacher, loads it for the rollouts only
-(`full_model`). A preset has no file: its model is built in memory once, and loading or releasing is a
-no-op on it, so both cases run the same driver and export code.
+biases, output head) from the file one at a time. Stage I, which runs the whole teacher, loads it for the
+rollouts only (`full_model`). A preset has no file: its model is built in memory once, and loading or
+releasing is a no-op on it, so both cases run the same driver and export code.
 """
 
 from __future__ import annotations
@@ -30,17 +30,14 @@ class WeightSource:
 
     @classmethod
     def open(cls, name: str) -> WeightSource:
-        """A file-backed source for a model directory (only the embedding loaded), in memory for a preset."""
+        """A file-backed source for a model directory (nothing loaded yet), in memory for a preset."""
         try:
             path = resolve_model_path(name)
             if path is None:
                 return cls(load_model(name, dtype=torch.float32))
             with torch.device("meta"):
                 skeleton = build_model(config_from_dict(read_config(path)))
-            source = cls(skeleton, path)
-            embed = arch.family(skeleton).embed + "."
-            source.load(lambda tensor: tensor.startswith(embed))
-            return source
+            return cls(skeleton, path)
         except (ValueError, OSError) as err:  # CheckpointError, a bad config, FileNotFoundError
             raise ValueError(f"cannot read model {name!r}: {err}") from err
 
@@ -58,11 +55,23 @@ class WeightSource:
         if self.streamed:
             load_tensors(self.model, self.path, keep)
 
+    def module(self, name: str) -> nn.Module:
+        """Submodule `name`, its weights materialised."""
+        self.load(lambda tensor: tensor.startswith(name + "."))
+        return self.model.get_submodule(name)
+
     def block(self, index: int) -> nn.Module:
         """Block `index`, its weights materialised."""
-        prefix = f"{arch.family(self.model).blocks}.{index}."
-        self.load(lambda tensor: tensor.startswith(prefix))
-        return arch.blocks(self.model)[index]
+        return self.module(f"{arch.family(self.model).blocks}.{index}")
+
+    def tensor(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Tensor `name` in `dtype`; when streaming, read from the file and its module released again."""
+        module = self.model.get_submodule(name.rpartition(".")[0])
+        if self.streamed:
+            load_tensors(self.model, self.path, lambda tensor: tensor == name, dtype)
+        value = getattr(module, name.rpartition(".")[2]).detach().to(dtype)
+        self.release(module)
+        return value
 
     def release(self, module: nn.Module) -> None:
         """Drop a module's weights (back to `meta`) once what is needed from it is kept."""

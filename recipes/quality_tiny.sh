@@ -11,7 +11,8 @@ set -euo pipefail
 work=${1:-q}
 prompts=${2:-64}
 export HF_HUB_OFFLINE=1
-q() { inkwell-quantize --model inkwell-tiny --group-size 128 --threads 1 "$@"; }
+# float64 Stage II: the same codes on any CPU (the shipped model's provenance test re-makes it)
+q() { inkwell-quantize --model inkwell-tiny --group-size 128 --threads 1 --compute-dtype float64 "$@"; }
 
 q --method fair-calib --out "$work/fair" --save-rollouts true
 rollouts=("--rollouts-file" "$work/fair/stage1_rollouts.pt")

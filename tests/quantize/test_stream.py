@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 from inkwell.engine import load_model
-from inkwell.engine.checkpoint import save_model
+from inkwell.engine.checkpoint import TensorEntry, save_model, write_safetensors
+from inkwell.engine.quant_linear import Int4Linear
 from inkwell.quantize import arch
 from inkwell.quantize.cli import main
 from inkwell.quantize.source import WeightSource
@@ -54,6 +55,39 @@ def test_stage2_holds_one_fp_block_at_a_time(saved, tmp_path, monkeypatch, metho
     monkeypatch.setattr(WeightSource, "open", staticmethod(open_and_watch))
     quantize(tmp_path / "out", str(saved), "--method", method, "--group-size", "64")
     assert materialised and max(materialised) == 1
+
+
+@pytest.mark.parametrize("method", ["rtn", "fair-calib"])
+def test_the_export_reads_one_tensor_at_a_time(saved, tmp_path, monkeypatch, method):
+    """After Stage II no FP weight of the source is held (the embedding included), and the export reads
+    each tensor that stays in floating point alone, in the source dtype, and releases it before the next."""
+    held: list[int] = []  # materialised source tensors whenever the export asks for one
+    read = WeightSource.tensor
+
+    def watched(self, name, dtype):
+        held.append(sum(not t.is_meta for t in self.model.state_dict(keep_vars=True).values()))
+        return read(self, name, dtype)
+
+    monkeypatch.setattr(WeightSource, "tensor", watched)
+    out = quantize(tmp_path / "out", str(saved), "--method", method, "--group-size", "64")
+    stored = load_file(str(out / "model.safetensors"))
+    floats = [k for k, t in stored.items() if t.is_floating_point() and not k.endswith("weight_scale")]
+    assert len(held) == len(floats) and max(held) == 0
+    assert all(stored[k].dtype == torch.float32 for k in floats)  # the source's dtype
+    assert isinstance(load_model(out).model.transformer.blocks[0].q_proj, Int4Linear)
+
+
+def test_write_safetensors_round_trips_and_checks_what_it_writes(tmp_path):
+    tensors = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int32),
+               "c": torch.tensor([True, False]), "d": torch.randn(2, 2, 2, dtype=torch.float16),
+               "e": torch.zeros(0, 4)}
+    entries = [TensorEntry(k, t.dtype, tuple(t.shape), lambda t=t: t) for k, t in tensors.items()]
+    write_safetensors(tmp_path / "x.safetensors", entries, {"format": "pt"})
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], t) for k, t in tensors.items())
+    wrong = [TensorEntry("a", torch.float32, (3, 5), lambda: tensors["a"])]
+    with pytest.raises(ValueError, match="a: made torch.bfloat16"):
+        write_safetensors(tmp_path / "y.safetensors", wrong, {})
 
 
 def test_a_block_tensor_missing_from_the_file_is_named(saved, tmp_path, capsys):
