@@ -4,6 +4,7 @@ bfloat16 on disk) quantized by `inkwell-quantize` in fresh processes, each run's
 and seconds per block, beside the size of the whole model and of one block in float32.
 
     python recipes/bench_quantize_stream.py [--layers 18 --d-model 1024 --mlp 2816 --vocab 32000 --threads 1]
+                                            [--runs rtn,gptq-stage1,gptq,fair-calib]
 
 Runs: RTN (no calibration, streamed from start to end); GPTQ with its Stage I rollouts in the same process
 (`--save-rollouts`: the float32 teacher sets that process's peak, as it did for every run before
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every quantize run")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the model and outputs here")
+    parser.add_argument("--runs", default="rtn,gptq-stage1,gptq,fair-calib",
+                        help="runs, by output directory (gptq, fair-calib use gptq-stage1's rollouts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-quantize-stream-"))
@@ -100,7 +103,8 @@ def main() -> None:
     print(json.dumps(sizes))
     print("| run | peak RSS (MB) | max RSS after a Stage II block (MB) | s/block | wall (s) |")
     print("|---|---|---|---|---|", flush=True)
-    for label, out, method, flags in plan:  # each row as it comes: the runs are long on a small CPU
+    chosen = args.runs.split(",")
+    for label, out, method, flags in [p for p in plan if p[1] in chosen]:  # each row as it comes (long runs)
         run = quantize(label, work / "model", work / out, args.threads, "--method", method, *flags)
         result["runs"].append(run)
         (work / "bench_quantize_stream.json").write_text(json.dumps(result, indent=1) + "\n")
