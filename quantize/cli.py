@@ -9,6 +9,7 @@ Every hyperparameter is a flag derived from `QuantizeSettings` and recorded in t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import sys
@@ -26,8 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def release_freed_blocks() -> bool:
+    """Have glibc's malloc return large freed allocations (>= 1 MiB) to the system at once. Its default,
+    dynamic threshold keeps freed block weights in the heap, and a streamed run's resident memory then
+    grows block by block (BENCHMARKS.md, "Streamed quantization"). False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD (malloc.h); 1 on success
+    except (OSError, AttributeError):  # no mallopt: not glibc
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    release_freed_blocks()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch

@@ -3,6 +3,7 @@ checkpoint of the in-memory path; during Stage II at most one block holds FP wei
 from the file is a clear error."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from inkwell.engine import load_model
 from inkwell.engine.checkpoint import TensorEntry, save_model, write_safetensors
 from inkwell.engine.quant_linear import Int4Linear
 from inkwell.quantize import arch
-from inkwell.quantize.cli import main
+from inkwell.quantize.cli import main, release_freed_blocks
 from inkwell.quantize.source import WeightSource
 from safetensors.torch import load_file, save_file
 
@@ -97,3 +98,8 @@ def test_a_block_tensor_missing_from_the_file_is_named(saved, tmp_path, capsys):
     save_file(tensors, str(broken / "model.safetensors"))
     assert main(["--model", str(broken), "--method", "rtn", "--out", str(tmp_path / "o")]) == 2
     assert "missing: model.transformer.blocks.1.up_proj.weight" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_blocks_go_back_to_the_system_under_glibc():
+    assert release_freed_blocks()  # M_MMAP_THRESHOLD accepted: streamed runs stay near one block
