@@ -1,7 +1,8 @@
 """Schemathesis against the server's own OpenAPI schema: generated requests (valid and invalid) to every
 operation, each checked for what a client relies on: never a 5xx, every error in OpenAI's shape
 (`{"error": {message, type, param, code}}` with an `x-request-id`), and every stream ending in
-`data: [DONE]` with no `server_error` chunk; and every status documented in the schema for its operation.
+`data: [DONE]` with no `server_error` chunk; every status documented in the schema for its operation, and
+every JSON 200 body valid against that operation's response schema.
 
 Streams are read to their end: schemathesis stops reading an event stream after 20 events unless told
 otherwise, and a longer stream (`n: 2` or `commit_events`) then looks as if it ended without `[DONE]`; that
@@ -36,6 +37,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.checks import response_schema_conformance
 
 CAPS = {"max_tokens": 16, "max_completion_tokens": 16, "steps": 16, "block_length": 16, "n": 2}
 MAX_STRING, MAX_ITEMS = 64, 8
@@ -45,10 +47,29 @@ MAX_STREAM_EVENTS = 1_000_000  # read every stream to its end (schemathesis' def
 WEIGHTS = {"/v1/chat/completions": 0.5, "/v1/completions": 0.5}
 
 
+def request_components(schema: dict) -> set[str]:
+    """Names of the component schemas that request bodies use, directly or through other components."""
+    seen: set[str] = set()
+    stack = [op.get("requestBody", {}) for path in schema["paths"].values() for op in path.values()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/components/schemas/") and (name := ref.rsplit("/", 1)[1]) not in seen:
+                seen.add(name)
+                stack.append(schema["components"]["schemas"][name])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return seen
+
+
 def capped(schema: dict, models: list[str]) -> dict:
-    """The OpenAPI schema with small bounds on everything that makes a request slow."""
+    """The OpenAPI schema with small bounds on everything that makes a request slow (request schemas only:
+    responses are checked against the schema as the server publishes it)."""
     schema = copy.deepcopy(schema)
-    for component in schema["components"]["schemas"].values():
+    for component_name in request_components(schema):
+        component = schema["components"]["schemas"][component_name]
         for name, prop in component.get("properties", {}).items():
             if name == "model":
                 prop["enum"] = list(models)
@@ -140,7 +161,13 @@ def check(case, url: str, headers: dict[str, str], timeout: float):
         return response, ["the client stopped reading the stream before its end (the request timeout)"]
     lower = {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
     documented = case.operation.definition.raw["responses"]
-    return response, problems(response.status_code, lower, response.text, documented)
+    found = problems(response.status_code, lower, response.text, documented)
+    if response.status_code == 200 and lower.get("content-type", "").startswith("application/json"):
+        try:  # a 200 body must be what the schema says the operation answers
+            case.validate_response(response, checks=[response_schema_conformance])
+        except Exception as err:  # schemathesis' failure group: its message names the mismatch
+            found.append(f"200 body does not match the schema: {str(err)[:300]}")
+    return response, found
 
 
 def _run_operation(operation, mode, examples, url, headers, timeout, seed, report: FuzzReport) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from .conftest import API_KEY
-from .fuzz import MAX_STREAM_EVENTS, check, load_schema, problems, run_fuzz
+from .fuzz import MAX_STREAM_EVENTS, capped, check, load_schema, problems, request_components, run_fuzz
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
 MSG = [{"role": "user", "content": "To be, or not to be"}]
@@ -23,6 +23,16 @@ def test_schemathesis_cases_get_no_5xx_and_openai_errors(keyed_server):
     assert report.calls >= 100
     assert report.statuses[200] >= 10 and report.statuses[400] >= 10, report.statuses  # both kinds happened
     assert not any(status >= 500 for status in report.statuses)
+
+
+def test_only_request_schemas_are_capped_so_200_bodies_are_checked_as_published(keyed_server):
+    raw = httpx.get(keyed_server.url + "/openapi.json", headers=AUTH, timeout=30).json()
+    requests = request_components(raw)
+    assert {"ChatCompletionRequest", "CompletionRequest"} <= requests
+    assert not requests & {"ChatCompletionResponse", "CompletionResponse", "ChatMessageOut", "ErrorResponse"}
+    schemas = capped(raw, ["tiny"])["components"]["schemas"]
+    assert "maxLength" not in schemas["ChatMessageOut"]["properties"]["content"]
+    assert schemas["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["tiny"]
 
 
 def test_long_streams_are_read_to_their_end(keyed_server):
