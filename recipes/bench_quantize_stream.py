@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -49,6 +50,16 @@ def synthetic_llada(d_model: int, layers: int, mlp: int, vocab: int) -> nn.Modul
         param = nn.Parameter(value.bfloat16(), requires_grad=False)
         model.get_submodule(module_name)._parameters[attr] = param
     return model
+
+
+def make_model(out: Path, d_model: int, layers: int, mlp: int, vocab: int) -> dict:
+    """Save the synthetic model in bfloat16 to `out`; its sizes in float32."""
+    model = synthetic_llada(d_model, layers, mlp, vocab)
+    parts = model.model.transformer
+    save_model(model, out, dtype=torch.bfloat16)
+    return {"parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+            "model_fp32_mb": round(fp32_mb(model)), "block_fp32_mb": round(fp32_mb(parts.blocks[0])),
+            "embedding_fp32_mb": round(fp32_mb(parts.wte))}
 
 
 def fp32_mb(module: nn.Module) -> float:
@@ -87,13 +98,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-quantize-stream-"))
-    model = synthetic_llada(args.d_model, args.layers, args.mlp, args.vocab)
-    parts = model.model.transformer
-    sizes = {"parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-             "model_fp32_mb": round(fp32_mb(model)), "block_fp32_mb": round(fp32_mb(parts.blocks[0])),
-             "embedding_fp32_mb": round(fp32_mb(parts.wte))}
-    save_model(model, work / "model", dtype=torch.bfloat16)
-    del model
+    # The model is made in a child process: a forked child's peak RSS (ru_maxrss) counts the image it had
+    # before exec, so a bench process holding the model would inflate every run's peak by its size.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        sizes = pool.apply(make_model, (work / "model", args.d_model, args.layers, args.mlp, args.vocab))
     saved = ["--rollouts-file", str(work / "gptq-stage1" / "stage1_rollouts.pt")]
     plan = [("rtn", "rtn", "rtn", ["--group-size", "128"]),  # (label, output dir, method, flags)
             ("gptq, Stage I in process", "gptq-stage1", "gptq", [*CALIB, "--save-rollouts", "true"]),
