@@ -51,6 +51,15 @@ def choose_layout(device: torch.device, n: int, k: int, group_size: int) -> tupl
     return "dequantized", f"no int4 kernel for device type {device.type!r}"
 
 
+def int4_checkpoint_tensors(weight_packed: torch.Tensor, weight_scale: torch.Tensor, out_features: int,
+                            in_features: int) -> dict[str, torch.Tensor]:
+    """A layer's `pack-quantized` tensors (DESIGN section 5), by name suffix: `weight_packed` int32
+    [N, K/8], `weight_scale` [N, K/g] in its checkpoint dtype, `weight_shape` int64 [N, K]."""
+    return {"weight_packed": weight_packed.cpu().contiguous(),
+            "weight_scale": weight_scale.cpu().contiguous(),
+            "weight_shape": torch.tensor([out_features, in_features], dtype=torch.int64)}
+
+
 class Int4Linear(nn.Module):
     """`forward(x [..., K]) -> [..., N]` in x's dtype, with W = q * scale stored as int4."""
 
@@ -130,9 +139,8 @@ class Int4Linear(nn.Module):
             weight_packed, weight_scale = self.qweight.T.contiguous(), self.scales.T
         else:
             weight_packed, weight_scale = self._requantize_dense(), self.weight_scale
-        out = {"weight_packed": weight_packed.cpu().contiguous(),
-               "weight_scale": weight_scale.to(self.scale_dtype).cpu().contiguous(),
-               "weight_shape": torch.tensor([self.out_features, self.in_features], dtype=torch.int64)}
+        out = int4_checkpoint_tensors(weight_packed, weight_scale.to(self.scale_dtype), self.out_features,
+                                      self.in_features)
         if self.bias is not None:
             out["bias"] = self.bias.detach()
         return out

@@ -109,15 +109,15 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
                     settings: QuantizeSettings) -> tuple[dict[str, PackedWeight], dict]:
     """Quantize every block's Linear layers; returns {module name: PackedWeight} and a report."""
     s, model, method = settings, source.model, METHODS[settings.method]
-    fam = arch.family(model)
+    fam, dtype = arch.family(model), COMPUTE_DTYPES[s.compute_dtype]
     embedding = source.module(fam.embed)
-    batches = _embed_batches(model, calib, token_w, s.batch_size, COMPUTE_DTYPES[s.compute_dtype])
+    batches = _embed_batches(model, calib, token_w, s.batch_size, dtype)
     source.release(embedding)  # block 0's inputs are made: the embedding is done
     results: dict[str, PackedWeight] = {}
     report: dict = {"blocks": []}
     for index in tqdm(range(len(arch.blocks(model))), desc=f"Stage II ({s.method})", unit="block"):
         t0 = time.perf_counter()
-        block = source.block(index).to(COMPUTE_DTYPES[s.compute_dtype])
+        block = source.block(index).to(dtype)
         with torch.no_grad():
             targets = [b.inputs.run(block, b.x_fp, index) for b in batches]  # teacher outputs h*
         token = [b.w for b in batches]
@@ -142,7 +142,7 @@ def quantize_blocks(source: WeightSource, calib: CalibrationSet, token_w: torch.
             for b, target in zip(batches, targets, strict=True):
                 b.x_q = b.inputs.run(block, b.x_q, index) if s.propagate == "quantized" else target
                 b.x_fp = target
-        source.release(block.float())  # a preset's block stays in memory: back to float32 for the export
+        source.release(block)
         results.update({f"{fam.blocks}.{index}.{n}": qw.packed() for n, qw in block_q.items()})
         report["blocks"].append({"block": index, "seconds": round(time.perf_counter() - t0, 3),
                                  "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "layers": layers,

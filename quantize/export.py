@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from inkwell.engine.checkpoint import TensorEntry, write_config, write_safetensors
 from inkwell.engine.loader import parse_dtype
-from inkwell.engine.quant_linear import quantization_config
+from inkwell.engine.quant_linear import int4_checkpoint_tensors, quantization_config
 
 from .methods import SCALE_DTYPES, PackedWeight
 from .source import WeightSource
@@ -32,13 +32,10 @@ def checkpoint_entries(source: WeightSource, results: dict[str, PackedWeight], s
         module, _, leaf = name.rpartition(".")
         qw = results.get(module)
         if qw is not None and leaf == "weight":
-            packed = qw.weight_packed
-            n, k = packed.shape[0], packed.shape[1] * 8
-            entries += [
-                TensorEntry(f"{module}.weight_packed", torch.int32, (n, k // 8), lambda p=packed: p),
-                TensorEntry(f"{module}.weight_scale", scale_dtype, tuple(qw.scales.shape),
-                            lambda q=qw: q.scales.to(scale_dtype)),
-                TensorEntry(f"{module}.weight_shape", torch.int64, (2,), lambda s=(n, k): torch.tensor(s))]
+            n, k = qw.weight_packed.shape[0], qw.weight_packed.shape[1] * 8
+            own = int4_checkpoint_tensors(qw.weight_packed, qw.scales.to(scale_dtype), n, k)
+            entries += [TensorEntry(f"{module}.{suffix}", t.dtype, tuple(t.shape), lambda t=t: t)
+                        for suffix, t in own.items()]
             continue
         out = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         entries.append(TensorEntry(name, out, tuple(tensor.shape), lambda n=name, d=out: source.tensor(n, d)))

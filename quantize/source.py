@@ -5,8 +5,8 @@ device: Stage II materialises the embedding to make block 0's inputs, then one b
 releasing each once its packed results are kept, so peak memory stays near one FP block plus the
 calibration activations; the export reads the tensors that stay in floating point (embeddings, norms,
 biases, output head) from the file one at a time. Stage I, which runs the whole teacher, loads it for the
-rollouts only (`full_model`). A preset has no file: its model is built in memory once, and loading or
-releasing is a no-op on it, so both cases run the same driver and export code.
+rollouts only (`full_model`). A preset has no file: its model is built in memory once, loading is a
+no-op on it and releasing only restores float32, so both cases run the same driver and export code.
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ class WeightSource:
 
     def tensor(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """Tensor `name` in `dtype`; when streaming, read from the file and its module released again."""
-        module = self.model.get_submodule(name.rpartition(".")[0])
+        module_name, _, leaf = name.rpartition(".")
+        module = self.model.get_submodule(module_name)
         if self.streamed:
             load_tensors(self.model, self.path, lambda tensor: tensor == name, dtype)
-        value = getattr(module, name.rpartition(".")[2]).detach().to(dtype)
+        value = getattr(module, leaf).detach().to(dtype)
         self.release(module)
         return value
 
     def release(self, module: nn.Module) -> None:
-        """Drop a module's weights (back to `meta`) once what is needed from it is kept."""
+        """Drop a module's weights (back to `meta`) once what is needed from it is kept; a preset's module
+        stays in memory, back in float32 (Stage II may have run it in another dtype)."""
         if self.streamed:
             module.to("meta")
+        else:
+            module.float()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import time
+import traceback
 
 import uvicorn
 from inkwell.engine.engine import RequestStream
@@ -92,8 +94,6 @@ async def _cancel_all() -> None:
 
 def engine_report(engine) -> str:
     """What is left in `engine` and where its scheduler thread is: the message of a failed leftover check."""
-    import sys
-    import traceback
     lines = [f"waiting: {[s.request.request_id for s in engine._waiting]}",
              f"cancel requests not yet applied: {sorted(engine._cancelled)}"]
     for name, slots in engine._running.items():
