@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(settings.threads)
         result = run_eval(args.reference, parse_candidates(args.candidate), settings)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad flags, an unreadable model, an unwritable --cache-dir
         sys.stderr.write(f"inkwell-eval: error: {err}\n")
         return 2
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

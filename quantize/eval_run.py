@@ -2,11 +2,20 @@
 trajectories, under each commit order; returns the JSON-ready result (values, 95 % CIs, paired
 differences, lag CCDFs). Prompts and NLL text come from the reference's `heldout/test.json` (the split
 calibration never sees), or `--eval-file`.
+
+With `--cache-dir` the expensive parts (teacher trajectories, each model's per-prompt scores) are kept on
+disk under a hash of everything they depend on, so a re-run, or a run that adds candidates, computes only
+what is new, and a run that dies keeps what it finished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
 
 import torch
 from inkwell.engine import load_model, load_tokenizer, special_ids
@@ -18,6 +27,7 @@ from tqdm import tqdm
 from . import calibration, evaluate
 from .fidelity import (
     PerPrompt,
+    ProbeSummary,
     bootstrap_ci,
     ccdf,
     flip_rate,
@@ -28,6 +38,7 @@ from .fidelity import (
 )
 from .pipeline import rollout_params
 from .settings import _f
+from .trajectory import Trajectories
 
 FP = "FP"
 
@@ -57,6 +68,8 @@ class EvalSettings:
     seed: int = _f(1, "seed of prompt choice, probe sampling and NLL masks")
     batch_size: int = _f(32, "rows per forward")
     threads: int | None = _f(None, "torch CPU threads (1 is fastest on a busy CPU)")
+    cache_dir: str | None = _f(None, "keep teacher trajectories and per-model scores here, keyed by weights, "
+                                     "prompts and settings; a later run reuses what matches")
 
     def __post_init__(self) -> None:
         for order in self.order_list:
@@ -121,30 +134,94 @@ def _with_ci(x: PerPrompt, s: EvalSettings, other: PerPrompt | None = None) -> d
     return bootstrap_ci(x, other, s.bootstrap, s.seed)
 
 
-def _order(ref, cands, prompts, stops, order: str, reference: str, s: EvalSettings) -> dict:
+class Memo:
+    """`--cache-dir`: values (dicts of tensors) on disk under the hash of their key (a JSON-able dict of
+    everything they depend on); without a directory every value is computed."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = Path(root) if root else None
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, kind: str, key: dict, make: Callable[[], dict]) -> dict[str, torch.Tensor]:
+        if self.root is None:
+            return make()
+        path = self.root / f"{kind}-{digest(key)}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        value = make()
+        partial = path.with_suffix(".partial")
+        torch.save(value, partial)
+        partial.replace(path)  # a killed run never leaves a truncated entry
+        return value
+
+
+def digest(key) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Hash of a model's config and weights: the same checkpoint under any label or path is one model."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+# what a model's scores depend on besides the teacher's trajectories and the model
+SCORE_SETTINGS = ("seed", "flip_stride", "probe_stride", "probe_positions", "free_running")
+
+
+def _pp(x: PerPrompt) -> torch.Tensor:
+    return torch.stack([x.num, x.den])
+
+
+def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s: EvalSettings,
+           memo: Memo) -> dict:
     base = rollout_params(resolve_model_path(reference), s)
     params = DiffusionParams(**{**base.to_dict(), "remasking": order}).resolve(ref.config.model_type)
     # early stop as served: nothing after the served horizon is scored; off: the whole canvas is
     stops = tuple(stops) if s.early_stop else ()
-    traj = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})", stop_ids=stops)
+    teacher_key = {"model": ids.get(FP), "prompts": digest([p.tolist() for p in prompts]),
+                   "params": params.to_dict(), "stops": stops, "batch_size": s.batch_size}
+
+    def teacher() -> dict[str, torch.Tensor]:
+        t = evaluate.rollouts(ref, prompts, params, s.batch_size, desc=f"teacher ({order})", stop_ids=stops)
+        return {"tokens": t.tokens, "commit_step": t.commit_step, "steps": torch.tensor(t.steps)}
+
+    kept = memo.get("teacher", teacher_key, teacher)
+    traj = Trajectories(list(prompts), kept["tokens"], kept["commit_step"], None, int(kept["steps"]),
+                        ref.config.mask_token_id)
     canvas = evaluate.make_canvas(ref, prompts)
     counted = served_commits(traj.commit_step, traj.tokens, stops)
     scored = counted & (traj.commit_step % s.flip_stride == 0)
     chosen = evaluate.sample_positions(counted, s.probe_positions, s.seed)
     grid = evaluate.probe_steps(served_horizon(traj.commit_step, traj.tokens, stops) + 1, s.probe_stride)
     text = upto_stop(traj.tokens, stops)
-    raw: dict[str, dict] = {}
-    for label, model in tqdm([(FP, ref), *cands.items()], desc=f"models ({order})", unit="model"):
+
+    def scores(label: str, model: nn.Module) -> dict[str, torch.Tensor]:
         agree = evaluate.probes(model, traj, canvas, chosen, grid, s.batch_size, f"probes {label}")
-        raw[label] = {"probe": probe_summary(agree, grid, traj.commit_step)}
+        p = probe_summary(agree, grid, traj.commit_step)
+        out = {"mean_disagree": _pp(p.mean_disagree), "never_agree": _pp(p.never_agree), "lags": p.lags}
         if label == FP:
-            continue
+            return out
         argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}", scored)
-        raw[label]["flip"] = flip_rate(argmax != traj.tokens, scored)
+        out["flip"] = _pp(flip_rate(argmax != traj.tokens, scored))
         if s.free_running:
             own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}", stops)
             same = (own == traj.tokens) & text
-            raw[label]["free"] = PerPrompt(same.sum(1).double(), text.sum(1).double())
+            out["free"] = torch.stack([same.sum(1).double(), text.sum(1).double()])
+        return out
+
+    raw: dict[str, dict] = {}
+    for label, model in tqdm([(FP, ref), *cands.items()], desc=f"models ({order})", unit="model"):
+        key = {"teacher": teacher_key, "model": ids.get(label), "fp": label == FP,
+               **{k: getattr(s, k) for k in SCORE_SETTINGS}}
+        v = memo.get("scores", key, partial(scores, label, model))
+        raw[label] = {"probe": ProbeSummary(PerPrompt(*v["mean_disagree"]), PerPrompt(*v["never_agree"]),
+                                            v["lags"])}
+        raw[label].update({k: PerPrompt(*v[k]) for k in ("flip", "free") if k in v})
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
             "probed_positions": int(chosen.sum()), "probe_states": int((grid >= 0).sum()),
             **_summarise(raw, cands, traj.steps, s)}
@@ -177,7 +254,12 @@ def _summarise(raw: dict, cands: dict, horizon: int, s: EvalSettings) -> dict:
     return {"models": models, "minus_fp_floor": floor, "baseline": baseline, "paired": paired}
 
 
-def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
+def _masked_nll(model: nn.Module, windows: torch.Tensor, masks: torch.Tensor, s: EvalSettings) -> dict:
+    num, den = evaluate.masked_nll(model, windows, masks, s.batch_size)
+    return {"num": num, "den": den}
+
+
+def _nll(ref, cands, ids: dict, stream: torch.Tensor, s: EvalSettings, memo: Memo) -> dict:
     g = torch.Generator().manual_seed(s.seed)
     length = min(s.nll_length, len(stream) - 1)
     starts = torch.randint(0, len(stream) - length, (s.nll_windows,), generator=g)
@@ -186,8 +268,12 @@ def _nll(ref, cands, stream: torch.Tensor, s: EvalSettings) -> dict:
     out = {}
     for ratio in s.ratio_list:
         masks = evaluate.nll_masks(windows, ratio, s.seed, dream)
-        per = {label: PerPrompt(*evaluate.masked_nll(m, windows, masks, s.batch_size))
-               for label, m in [(FP, ref), *cands.items()]}
+        key = {"windows": digest(windows.tolist()), "ratio": ratio, "seed": s.seed, "dream": dream,
+               "batch_size": s.batch_size}
+        per = {}
+        for label, m in [(FP, ref), *cands.items()]:
+            v = memo.get("nll", {**key, "model": ids.get(label)}, partial(_masked_nll, m, windows, masks, s))
+            per[label] = PerPrompt(v["num"], v["den"])
         out[str(ratio)] = {
             "models": {label: _with_ci(v, s) for label, v in per.items()},
             "minus_fp": {label: _with_ci(v, s, per[FP]) for label, v in per.items() if label != FP},
@@ -205,9 +291,12 @@ def run_eval(reference: str, candidates: dict[str, str], s: EvalSettings) -> dic
         raise ValueError(f"baseline {s.baseline!r} is not a candidate label; labels: {list(cands)}")
     s.pair_list(list(cands))  # a bad --pairs fails before any work
     prompts, stream, stops, source = eval_text(reference, ref, s)
+    memo = Memo(s.cache_dir)
+    # model identities key the cache; without one nothing is hashed
+    ids = {label: fingerprint(m) for label, m in [(FP, ref), *cands.items()]} if memo.root else {}
     result = {"reference": reference, "candidates": candidates, "settings": s.to_dict(), "text": source,
               "prompts": len(prompts), "stop_ids": list(stops), "orders": {}}
     for order in s.order_list:
-        result["orders"][order] = _order(ref, cands, prompts, stops, order, reference, s)
-    result["nll"] = _nll(ref, cands, stream, s)
+        result["orders"][order] = _order(ref, cands, ids, prompts, stops, order, reference, s, memo)
+    result["nll"] = _nll(ref, cands, ids, stream, s, memo)
     return result

@@ -104,3 +104,47 @@ def test_early_stop_off_scores_every_canvas_position(result, tmp_path):
     assert full["settings"]["early_stop"] is False
     assert o["commits"] == o["scored_commits"] == 8 * 16
     assert r["orders"]["low_confidence"]["commits"] <= 8 * 16
+
+
+def test_cache_dir_reuses_what_matches(result, tmp_path, monkeypatch):
+    """`--cache-dir`: the first run equals an uncached one; a second with the same checkpoints (one under
+    a new label) computes nothing and reports the same numbers; a changed probe setting reuses the
+    teacher's trajectories but scores the models again."""
+    r, root = result
+    cache = tmp_path / "cache"
+    run = ["--reference", "tiny-llada", "--candidate", f"copy={root / 'fp-copy'}", *ARGS[:-2],
+           "--orders", "low_confidence", "--cache-dir", str(cache)]
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    assert main([*run, "--candidate", str(root / "rtn3"), "--json", str(first)]) == 0
+    a = json.loads(first.read_text())
+    assert a["orders"]["low_confidence"]["models"] == r["orders"]["low_confidence"]["models"]
+    assert a["nll"]["ratios"]["0.5"]["models"] == r["nll"]["ratios"]["0.5"]["models"]
+    entries = {p.name for p in cache.iterdir()}
+    kinds = sorted(name.split("-")[0] for name in entries)
+    # scores: FP, copy, rtn3; NLL at 3 ratios of 2 models (the copy has the reference's weights: one model)
+    assert kinds == ["nll"] * 6 + ["scores"] * 3 + ["teacher"]
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    for name in ("rollouts", "probes", "frontier_argmax", "free_running", "masked_nll"):
+        monkeypatch.setattr(evaluate, name, recomputed)
+    assert main([*run, "--candidate", f"again={root / 'rtn3'}", "--json", str(second)]) == 0
+    b = json.loads(second.read_text())
+    models = b["orders"]["low_confidence"]["models"]
+    assert models["again"] == a["orders"]["low_confidence"]["models"]["rtn3"]
+    assert b["nll"]["ratios"]["0.9"]["models"]["again"] == a["nll"]["ratios"]["0.9"]["models"]["rtn3"]
+    assert {p.name for p in cache.iterdir()} == entries
+
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluate, "rollouts", recomputed)
+    assert main([*run, "--json", str(second), "--probe-stride", "2", "--free-running", "false"]) == 0
+    assert len({p.name for p in cache.iterdir()} - entries) == 2  # FP and copy scored again, NLL reused
+
+
+def test_unwritable_cache_dir_is_a_clear_error(result, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["--reference", "tiny-llada", "--candidate", str(result[1] / "rtn3"),
+                 "--json", str(tmp_path / "o.json"), "--cache-dir", str(blocker / "cache")]) == 2
+    assert "inkwell-eval: error:" in capsys.readouterr().err
