@@ -9,7 +9,8 @@
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
 # Stress regime (3-bit, group 128): b3-gptq, b3-fair, b3-fair-uniform.
 # Results land in WORK_DIR/served/ and WORK_DIR/b3/ (eval.json, eval.md, plots); QUALITY.md quotes them.
-# Time on a 2-core CPU: builds ~12 min, served eval ~85 min, 3-bit eval ~40 min.
+# Time on a 2-core CPU: builds ~12 min; evaluation ~13 min a model (teacher included). The two evals
+# share WORK_DIR/evalcache, so the 3-bit one reuses the teacher, and a re-run reuses every finished model.
 set -euo pipefail
 work=${1:-q}
 prompts=${2:-200}
@@ -36,7 +37,7 @@ evaluate() {  # OUT_NAME BASELINE PAIRS CANDIDATE...
   mkdir -p "$work/$out"
   inkwell-eval --reference inkwell-tiny "${candidates[@]}" --baseline "$baseline" --pairs "$pairs" \
     --orders low_confidence --prompts "$prompts" --early-stop false --free-running false \
-    --probe-stride 16 --probe-positions 4 --nll-windows 32 --threads 2 \
+    --probe-stride 16 --probe-positions 4 --nll-windows 32 --threads 2 --cache-dir "$work/evalcache" \
     --json "$work/$out/eval.json" --markdown "$work/$out/eval.md" --plots "$work/$out/plots"
 }
 evaluate served gptq fair:fair-uniform,fair:fair-frontier,fair:fair-reliability,fair:fair-additive \
