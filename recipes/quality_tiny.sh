@@ -8,7 +8,8 @@
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
 # Stress regime (3-bit, group 128): b3-gptq, b3-fair, b3-fair-uniform.
-# Results land in WORK_DIR/served/ and WORK_DIR/b3/ (eval.json, eval.md, plots); QUALITY.md quotes them.
+# Results land in WORK_DIR/served/ and WORK_DIR/b3/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
+# sections ran the same candidates and flags in smaller batches (their commands are quoted there).
 # Time on a 2-core CPU: builds ~12 min; evaluation ~13 min a model (teacher included). The two evals
 # share WORK_DIR/evalcache, so the 3-bit one reuses the teacher, and a re-run reuses every finished model.
 set -euo pipefail
