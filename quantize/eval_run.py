@@ -211,7 +211,7 @@ def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s:
         if s.free_running:
             own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}", stops)
             same = (own == traj.tokens) & text
-            out["free"] = torch.stack([same.sum(1).double(), text.sum(1).double()])
+            out["free"] = _pp(PerPrompt(same.sum(1).double(), text.sum(1).double()))
         return out
 
     raw: dict[str, dict] = {}
