@@ -169,8 +169,9 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
-# what a model's scores depend on besides the teacher's trajectories and the model
-SCORE_SETTINGS = ("seed", "flip_stride", "probe_stride", "probe_positions", "free_running")
+# what a model's scores depend on besides the teacher's trajectories and the model (free-running
+# agreement is its own entry: switching it on or off never invalidates the probes and flips)
+SCORE_SETTINGS = ("seed", "flip_stride", "probe_stride", "probe_positions")
 
 
 def _pp(x: PerPrompt) -> torch.Tensor:
@@ -208,11 +209,12 @@ def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s:
             return out
         argmax = evaluate.frontier_argmax(model, traj, canvas, s.batch_size, f"frontier {label}", scored)
         out["flip"] = _pp(flip_rate(argmax != traj.tokens, scored))
-        if s.free_running:
-            own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}", stops)
-            same = (own == traj.tokens) & text
-            out["free"] = _pp(PerPrompt(same.sum(1).double(), text.sum(1).double()))
         return out
+
+    def free(label: str, model: nn.Module) -> dict[str, torch.Tensor]:
+        own = evaluate.free_running(model, prompts, params, s.batch_size, f"free-running {label}", stops)
+        same = (own == traj.tokens) & text
+        return {"free": _pp(PerPrompt(same.sum(1).double(), text.sum(1).double()))}
 
     raw: dict[str, dict] = {}
     for label, model in tqdm([(FP, ref), *cands.items()], desc=f"models ({order})", unit="model"):
@@ -221,7 +223,11 @@ def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s:
         v = memo.get("scores", key, partial(scores, label, model))
         raw[label] = {"probe": ProbeSummary(PerPrompt(*v["mean_disagree"]), PerPrompt(*v["never_agree"]),
                                             v["lags"])}
-        raw[label].update({k: PerPrompt(*v[k]) for k in ("flip", "free") if k in v})
+        if label != FP:
+            raw[label]["flip"] = PerPrompt(*v["flip"])
+        if s.free_running and label != FP:
+            v = memo.get("free", {"teacher": teacher_key, "model": ids.get(label)}, partial(free, label, model))
+            raw[label]["free"] = PerPrompt(*v["free"])
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
             "probed_positions": int(chosen.sum()), "probe_states": int((grid >= 0).sum()),
             **_summarise(raw, cands, traj.steps, s)}

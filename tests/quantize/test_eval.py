@@ -121,8 +121,9 @@ def test_cache_dir_reuses_what_matches(result, tmp_path, monkeypatch):
     assert a["nll"]["ratios"]["0.5"]["models"] == r["nll"]["ratios"]["0.5"]["models"]
     entries = {p.name for p in cache.iterdir()}
     kinds = sorted(name.split("-")[0] for name in entries)
-    # scores: FP, copy, rtn3; NLL at 3 ratios of 2 models (the copy has the reference's weights: one model)
-    assert kinds == ["nll"] * 6 + ["scores"] * 3 + ["teacher"]
+    # scores: FP, copy, rtn3; free-running: copy, rtn3; NLL at 3 ratios of 2 models (the copy has the
+    # reference's weights: one model)
+    assert kinds == ["free"] * 2 + ["nll"] * 6 + ["scores"] * 3 + ["teacher"]
 
     def recomputed(*args, **kwargs):
         raise AssertionError("recomputed")
@@ -135,6 +136,10 @@ def test_cache_dir_reuses_what_matches(result, tmp_path, monkeypatch):
     assert models["again"] == a["orders"]["low_confidence"]["models"]["rtn3"]
     assert b["nll"]["ratios"]["0.9"]["models"]["again"] == a["nll"]["ratios"]["0.9"]["models"]["rtn3"]
     assert {p.name for p in cache.iterdir()} == entries
+    assert main([*run, "--json", str(second), "--free-running", "false"]) == 0
+    c = json.loads(second.read_text())["orders"]["low_confidence"]["models"]["copy"]
+    assert "free_running_agreement" not in c
+    assert c == {k: v for k, v in models["copy"].items() if k != "free_running_agreement"}
 
     monkeypatch.undo()
     monkeypatch.setattr(evaluate, "rollouts", recomputed)
