@@ -226,8 +226,8 @@ def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s:
         if label != FP:
             raw[label]["flip"] = PerPrompt(*v["flip"])
         if s.free_running and label != FP:
-            v = memo.get("free", {"teacher": teacher_key, "model": ids.get(label)}, partial(free, label, model))
-            raw[label]["free"] = PerPrompt(*v["free"])
+            key = {"teacher": teacher_key, "model": ids.get(label)}
+            raw[label]["free"] = PerPrompt(*memo.get("free", key, partial(free, label, model))["free"])
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
             "probed_positions": int(chosen.sum()), "probe_states": int((grid >= 0).sum()),
             **_summarise(raw, cands, traj.steps, s)}
