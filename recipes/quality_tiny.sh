@@ -7,11 +7,14 @@
 #
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
-# Stress regime (3-bit, group 128): b3-gptq, b3-fair, b3-fair-uniform.
-# Results land in WORK_DIR/served/ and WORK_DIR/b3/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
+# Stress regime (3-bit, group 128): b3-gptq, b3-fair and the same four ablations (b3-fair-uniform, ...).
+# Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair and their
+# 3-bit versions: a third eval that reuses every cached score and adds only the generations.
+# Results land in WORK_DIR/served/, WORK_DIR/b3/ and WORK_DIR/free/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
 # sections ran the same candidates and flags in smaller batches (their commands are quoted there).
-# Time on a 2-core CPU: builds ~12 min; evaluation ~13 min a model (teacher included). The two evals
-# share WORK_DIR/evalcache, so the 3-bit one reuses the teacher, and a re-run reuses every finished model.
+# Time on a 2-core CPU: builds ~15 min; evaluation ~13 min a model (teacher included), free-running
+# ~13 min a model. The evals share WORK_DIR/evalcache, so later ones reuse the teacher and every scored
+# model, and a re-run reuses every finished model.
 set -euo pipefail
 work=${1:-q}
 prompts=${2:-200}
@@ -28,19 +31,24 @@ for prior in uniform frontier reliability additive; do
   q --method fair-calib --prior "$prior" --out "$work/fair-$prior" "${rollouts[@]}"
 done
 q --method gptq --bits 3 --out "$work/b3-gptq" "${rollouts[@]}"
-q --method fair-calib --bits 3 --out "$work/b3-fair" "${rollouts[@]}"
-q --method fair-calib --bits 3 --prior uniform --out "$work/b3-fair-uniform" "${rollouts[@]}"
+for prior in fair uniform frontier reliability additive; do
+  name=b3-fair-$prior; [ "$prior" = fair ] && name=b3-fair
+  q --method fair-calib --bits 3 --prior "$prior" --out "$work/$name" "${rollouts[@]}"
+done
 
-evaluate() {  # OUT_NAME BASELINE PAIRS CANDIDATE...
-  local out=$1 baseline=$2 pairs=$3 candidates=()
-  shift 3
+evaluate() {  # OUT_NAME FREE_RUNNING BASELINE PAIRS CANDIDATE...
+  local out=$1 free=$2 baseline=$3 pairs=$4 candidates=()
+  shift 4
   for name in "$@"; do candidates+=("--candidate" "$name=$work/$name"); done
   mkdir -p "$work/$out"
   inkwell-eval --reference inkwell-tiny "${candidates[@]}" --baseline "$baseline" --pairs "$pairs" \
-    --orders low_confidence --prompts "$prompts" --early-stop false --free-running false \
+    --orders low_confidence --prompts "$prompts" --early-stop false --free-running "$free" \
     --probe-stride 16 --probe-positions 4 --nll-windows 32 --threads 2 --cache-dir "$work/evalcache" \
     --json "$work/$out/eval.json" --markdown "$work/$out/eval.md" --plots "$work/$out/plots"
 }
-evaluate served gptq fair:fair-uniform,fair:fair-frontier,fair:fair-reliability,fair:fair-additive \
+ablations() { local p=$1 out="" a; for a in uniform frontier reliability additive; do out+="$p:$p-$a,"; done; echo "${out%,}"; }
+evaluate served false gptq "$(ablations fair),fair:gptq-masked,gptq-masked:gptq,rtn:gptq" \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive
-evaluate b3 b3-gptq b3-fair:b3-fair-uniform b3-gptq b3-fair b3-fair-uniform
+evaluate b3 false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform" \
+  b3-gptq b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive
+evaluate free true gptq fair:gptq,b3-fair:b3-gptq,b3-gptq:gptq fair gptq b3-fair b3-gptq
