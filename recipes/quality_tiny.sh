@@ -7,12 +7,14 @@
 #
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
-# Stress regime (3-bit, group 128): b3-gptq, b3-fair and the same four ablations (b3-fair-uniform, ...).
+# Stress regime (3-bit, group 128): b3-gptq, b3-fair, the same four ablations (b3-fair-uniform, ...) and
+# b3-fair with the floor at 0.01 and 0.25.
 # Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair and their
 # 3-bit versions: a third eval that reuses every cached score and adds only the generations.
-# Results land in WORK_DIR/served/, WORK_DIR/b3/ and WORK_DIR/free/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
-# sections ran the same candidates and flags in smaller batches (their commands are quoted there).
-# Time on a 2-core CPU: builds ~15 min; evaluation ~13 min a model (teacher included), free-running
+# Results land in WORK_DIR/served/, WORK_DIR/b3/ and WORK_DIR/free/ (eval.json, eval.md, plots).
+# QUALITY.md's 200 x 128 sections ran the same candidates and flags in smaller batches (their commands
+# are quoted there); its free-running run covered gptq and fair only.
+# Time on a 2-core CPU: builds ~20 min; evaluation ~13 min a model (teacher included), free-running
 # ~13 min a model. The evals share WORK_DIR/evalcache, so later ones reuse the teacher and every scored
 # model, and a re-run reuses every finished model.
 set -euo pipefail
@@ -35,6 +37,9 @@ for prior in fair uniform frontier reliability additive; do
   name=b3-fair-$prior; [ "$prior" = fair ] && name=b3-fair
   q --method fair-calib --bits 3 --prior "$prior" --out "$work/$name" "${rollouts[@]}"
 done
+for floor in 0.01 0.25; do  # the reply's weight over the floor (QUALITY.md, "RTN and every ablation")
+  q --method fair-calib --bits 3 --floor "$floor" --out "$work/b3-fair-floor$floor" "${rollouts[@]}"
+done
 
 evaluate() {  # OUT_NAME FREE_RUNNING BASELINE PAIRS CANDIDATE...
   local out=$1 free=$2 baseline=$3 pairs=$4 candidates=()
@@ -50,5 +55,6 @@ ablations() { local p=$1 out="" a; for a in uniform frontier reliability additiv
 evaluate served false gptq "$(ablations fair),fair:gptq-masked,gptq-masked:gptq,rtn:gptq" \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive
 evaluate b3 false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform" \
-  b3-gptq b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive
+  b3-gptq b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive \
+  b3-fair-floor0.01 b3-fair-floor0.25
 evaluate free true gptq fair:gptq,b3-fair:b3-gptq,b3-gptq:gptq fair gptq b3-fair b3-gptq
