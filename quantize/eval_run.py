@@ -223,11 +223,12 @@ def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s:
         v = memo.get("scores", key, partial(scores, label, model))
         raw[label] = {"probe": ProbeSummary(PerPrompt(*v["mean_disagree"]), PerPrompt(*v["never_agree"]),
                                             v["lags"])}
-        if label != FP:
-            raw[label]["flip"] = PerPrompt(*v["flip"])
-        if s.free_running and label != FP:
-            key = {"teacher": teacher_key, "model": ids.get(label)}
-            raw[label]["free"] = PerPrompt(*memo.get("free", key, partial(free, label, model))["free"])
+        if label == FP:
+            continue
+        raw[label]["flip"] = PerPrompt(*v["flip"])
+        if s.free_running:
+            own_key = {"teacher": teacher_key, "model": ids.get(label)}
+            raw[label]["free"] = PerPrompt(*memo.get("free", own_key, partial(free, label, model))["free"])
     return {"params": params.to_dict(), "commits": int(counted.sum()), "scored_commits": int(scored.sum()),
             "probed_positions": int(chosen.sum()), "probe_states": int((grid >= 0).sum()),
             **_summarise(raw, cands, traj.steps, s)}
