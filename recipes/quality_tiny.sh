@@ -7,13 +7,14 @@
 #
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
-# Stress regime (3-bit, group 128): b3-gptq, b3-fair, the same four ablations (b3-fair-uniform, ...) and
-# b3-fair with the floor at 0.01 and 0.25.
-# Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair and their
-# 3-bit versions: a third eval that reuses every cached score and adds only the generations.
-# Results land in WORK_DIR/served/, WORK_DIR/b3/ and WORK_DIR/free/ (eval.json, eval.md, plots).
-# QUALITY.md's 200 x 128 sections ran the same candidates and flags in smaller batches (their commands
-# are quoted there); its free-running run covered gptq and fair only.
+# Stress regime, 3-bit (group 128): b3-rtn, b3-gptq, b3-gptq-masked, b3-fair, the same four ablations
+# (b3-fair-uniform, ...) and b3-fair with the floor at 0.01 and 0.25.
+# Stress regime, per-channel int4 (group = K): gK-rtn, gK-gptq, gK-fair, gK-fair-uniform.
+# Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair,
+# fair-uniform and the 3-bit gptq, fair, fair-uniform and fair-frontier: a last eval that reuses every
+# cached score and adds only the generations.
+# Results land in WORK_DIR/{served,b3,gK,free}/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
+# sections ran the same candidates and flags in smaller batches (their commands are quoted there).
 # Time on a 2-core CPU: builds ~20 min; evaluation ~13 min a model (teacher included), free-running
 # ~13 min a model. The evals share WORK_DIR/evalcache, so later ones reuse the teacher and every scored
 # model, and a re-run reuses every finished model.
@@ -22,6 +23,7 @@ work=${1:-q}
 prompts=${2:-200}
 export HF_HUB_OFFLINE=1
 # float64 Stage II: the same codes on any CPU (the shipped model's provenance test re-makes it)
+# (a --group-size given to q comes after this one, so it wins)
 q() { inkwell-quantize --model inkwell-tiny --group-size 128 --threads 1 --compute-dtype float64 "$@"; }
 
 q --method fair-calib --out "$work/fair" --save-rollouts true
@@ -32,7 +34,9 @@ q --method gptq --calib-canvas masked --out "$work/gptq-masked" "${rollouts[@]}"
 for prior in uniform frontier reliability additive; do
   q --method fair-calib --prior "$prior" --out "$work/fair-$prior" "${rollouts[@]}"
 done
+q --method rtn --bits 3 --out "$work/b3-rtn"
 q --method gptq --bits 3 --out "$work/b3-gptq" "${rollouts[@]}"
+q --method gptq --bits 3 --calib-canvas masked --out "$work/b3-gptq-masked" "${rollouts[@]}"
 for prior in fair uniform frontier reliability additive; do
   name=b3-fair-$prior; [ "$prior" = fair ] && name=b3-fair
   q --method fair-calib --bits 3 --prior "$prior" --out "$work/$name" "${rollouts[@]}"
@@ -40,6 +44,10 @@ done
 for floor in 0.01 0.25; do  # the reply's weight over the floor (QUALITY.md, "RTN and every ablation")
   q --method fair-calib --bits 3 --floor "$floor" --out "$work/b3-fair-floor$floor" "${rollouts[@]}"
 done
+q --method rtn --group-size 0 --out "$work/gK-rtn"
+q --method gptq --group-size 0 --out "$work/gK-gptq" "${rollouts[@]}"
+q --method fair-calib --group-size 0 --out "$work/gK-fair" "${rollouts[@]}"
+q --method fair-calib --group-size 0 --prior uniform --out "$work/gK-fair-uniform" "${rollouts[@]}"
 
 evaluate() {  # OUT_NAME FREE_RUNNING BASELINE PAIRS CANDIDATE...
   local out=$1 free=$2 baseline=$3 pairs=$4 candidates=()
@@ -54,7 +62,9 @@ evaluate() {  # OUT_NAME FREE_RUNNING BASELINE PAIRS CANDIDATE...
 ablations() { local p=$1 out="" a; for a in uniform frontier reliability additive; do out+="$p:$p-$a,"; done; echo "${out%,}"; }
 evaluate served false gptq "$(ablations fair),fair:gptq-masked,gptq-masked:gptq,rtn:gptq" \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive
-evaluate b3 false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform" \
-  b3-gptq b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive \
+evaluate b3 false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform,b3-fair:b3-gptq-masked" \
+  b3-gptq b3-rtn b3-gptq-masked b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive \
   b3-fair-floor0.01 b3-fair-floor0.25
-evaluate free true gptq fair:gptq,b3-fair:b3-gptq,b3-gptq:gptq fair gptq b3-fair b3-gptq
+evaluate gK false gK-gptq gK-fair:gK-fair-uniform gK-gptq gK-rtn gK-fair gK-fair-uniform
+evaluate free true gptq fair:gptq,fair:fair-uniform,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq \
+  fair gptq fair-uniform b3-fair b3-gptq b3-fair-uniform b3-fair-frontier
