@@ -155,3 +155,14 @@ def test_float64_stage_two_is_independent_of_the_matmul_kernels(tmp_path):
     assert not any(t.dtype == torch.float64 for t in a.values())
     assert _inkwell(runs[0])["settings"]["compute_dtype"] == "float64"
     assert isinstance(load_model(runs[0]).model.transformer.blocks[0].q_proj, Int4Linear)
+
+
+def test_masked_canvas_calibration_is_recorded_and_changes_the_codes(outputs, tmp_path):
+    out = quantize(tmp_path / "m", "tiny-llada", "--method", "gptq", "--group-size", "64",
+                   "--calib-canvas", "masked")
+    block = _inkwell(out)
+    assert block["settings"]["calib_canvas"] == "masked" and block["calibration"]["canvas"] == "masked"
+    assert _inkwell(outputs["gptq"])["calibration"]["canvas"] == "clean"
+    name = "model.transformer.blocks.0.q_proj.weight_packed"
+    masked, clean = (load_file(str(o / "model.safetensors"))[name] for o in (out, outputs["gptq"]))
+    assert not torch.equal(masked, clean)  # same sequences, other block inputs, other codes
