@@ -161,8 +161,11 @@ def digest(key) -> str:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Hash of a model's config and weights: the same checkpoint under any label or path is one model."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    """Hash of a model's config and weights: the same checkpoint under any label or path is one model.
+    `quantization_config` is left out: the weights are scored dequantized, and what the quantizer
+    recorded there (the paths of its inputs among it) does not change them."""
+    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -8,16 +8,21 @@
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
 # Stress regime, 3-bit (group 128): b3-rtn, b3-gptq, b3-gptq-masked, b3-fair, the same four ablations
-# (b3-fair-uniform, ...) and b3-fair with the floor at 0.01 and 0.25.
-# Stress regime, per-channel int4 (group = K): gK-rtn, gK-gptq, gK-fair, gK-fair-uniform.
+# (b3-fair-uniform, ...), b3-fair with the floor at 0.01 and 0.25, and FAIR-Calib (and its uniform
+# ablation) calibrated on masked canvases, b3-fair-masked and b3-fair-uniform-masked.
+# Stress regime, per-channel int4 (group = K): gK-rtn, gK-gptq, gK-gptq-masked, gK-fair and its four
+# ablations.
+# Every eval scores the teacher's low_confidence trajectories, except "random" (the served candidates
+# in random commit order).
 # Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair,
 # fair-uniform and the 3-bit gptq, fair, fair-uniform and fair-frontier: a last eval that reuses every
 # cached score and adds only the generations.
-# Results land in WORK_DIR/{served,b3,gK,free}/ (eval.json, eval.md, plots). QUALITY.md's 200 x 128
-# sections ran the same candidates and flags in smaller batches (their commands are quoted there).
-# Time on a 2-core CPU: builds ~20 min; evaluation ~13 min a model (teacher included), free-running
-# ~13 min a model. The evals share WORK_DIR/evalcache, so later ones reuse the teacher and every scored
-# model, and a re-run reuses every finished model.
+# Results land in WORK_DIR/{served,b3,b3masked,gK,random,free}/ (eval.json, eval.md, plots). QUALITY.md's
+# 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
+# there).
+# Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
+# min a model (teacher included), free-running ~13 min a model. The evals share WORK_DIR/evalcache, so
+# later ones reuse the teacher and every scored model, and a re-run reuses every finished model.
 set -euo pipefail
 work=${1:-q}
 prompts=${2:-200}
@@ -41,30 +46,42 @@ for prior in fair uniform frontier reliability additive; do
   name=b3-fair-$prior; [ "$prior" = fair ] && name=b3-fair
   q --method fair-calib --bits 3 --prior "$prior" --out "$work/$name" "${rollouts[@]}"
 done
+# FAIR-Calib calibrated on masked canvases (QUALITY.md, "block inputs")
+q --method fair-calib --bits 3 --calib-canvas masked --out "$work/b3-fair-masked" "${rollouts[@]}"
+q --method fair-calib --bits 3 --prior uniform --calib-canvas masked --out "$work/b3-fair-uniform-masked" \
+  "${rollouts[@]}"
 for floor in 0.01 0.25; do  # the reply's weight over the floor (QUALITY.md, "RTN and every ablation")
   q --method fair-calib --bits 3 --floor "$floor" --out "$work/b3-fair-floor$floor" "${rollouts[@]}"
 done
 q --method rtn --group-size 0 --out "$work/gK-rtn"
 q --method gptq --group-size 0 --out "$work/gK-gptq" "${rollouts[@]}"
+q --method gptq --group-size 0 --calib-canvas masked --out "$work/gK-gptq-masked" "${rollouts[@]}"
 q --method fair-calib --group-size 0 --out "$work/gK-fair" "${rollouts[@]}"
-q --method fair-calib --group-size 0 --prior uniform --out "$work/gK-fair-uniform" "${rollouts[@]}"
+for prior in uniform frontier reliability additive; do
+  q --method fair-calib --group-size 0 --prior "$prior" --out "$work/gK-fair-$prior" "${rollouts[@]}"
+done
 
-evaluate() {  # OUT_NAME FREE_RUNNING BASELINE PAIRS CANDIDATE...
-  local out=$1 free=$2 baseline=$3 pairs=$4 candidates=()
-  shift 4
+evaluate() {  # OUT_NAME ORDER FREE_RUNNING BASELINE PAIRS CANDIDATE...
+  local out=$1 order=$2 free=$3 baseline=$4 pairs=$5 candidates=()
+  shift 5
   for name in "$@"; do candidates+=("--candidate" "$name=$work/$name"); done
   mkdir -p "$work/$out"
   inkwell-eval --reference inkwell-tiny "${candidates[@]}" --baseline "$baseline" --pairs "$pairs" \
-    --orders low_confidence --prompts "$prompts" --early-stop false --free-running "$free" \
+    --orders "$order" --prompts "$prompts" --early-stop false --free-running "$free" \
     --probe-stride 16 --probe-positions 4 --nll-windows 32 --threads 2 --cache-dir "$work/evalcache" \
     --json "$work/$out/eval.json" --markdown "$work/$out/eval.md" --plots "$work/$out/plots"
 }
 ablations() { local p=$1 out="" a; for a in uniform frontier reliability additive; do out+="$p:$p-$a,"; done; echo "${out%,}"; }
-evaluate served false gptq "$(ablations fair),fair:gptq-masked,gptq-masked:gptq,rtn:gptq" \
+evaluate served low_confidence false gptq "$(ablations fair),fair:gptq-masked,gptq-masked:gptq,rtn:gptq" \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive
-evaluate b3 false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform,b3-fair:b3-gptq-masked" \
+evaluate b3 low_confidence false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform,b3-fair:b3-gptq-masked" \
   b3-gptq b3-rtn b3-gptq-masked b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive \
   b3-fair-floor0.01 b3-fair-floor0.25
-evaluate gK false gK-gptq gK-fair:gK-fair-uniform gK-gptq gK-rtn gK-fair gK-fair-uniform
-evaluate free true gptq fair:gptq,fair:fair-uniform,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq \
+evaluate b3masked low_confidence false b3-gptq-masked \
+  b3-fair-masked:b3-fair,b3-fair-masked:b3-fair-uniform-masked,b3-fair-uniform-masked:b3-fair-uniform,b3-fair-uniform-masked:b3-gptq-masked \
+  b3-gptq-masked b3-fair b3-fair-uniform b3-fair-masked b3-fair-uniform-masked
+evaluate gK low_confidence false gK-gptq "$(ablations gK-fair),gK-fair:gK-gptq-masked,gK-gptq-masked:gK-gptq,gK-rtn:gK-gptq" \
+  gK-gptq gK-rtn gK-gptq-masked gK-fair gK-fair-uniform gK-fair-frontier gK-fair-reliability gK-fair-additive
+evaluate random random false gptq fair:gptq,fair:fair-uniform,fair-uniform:gptq gptq fair fair-uniform
+evaluate free low_confidence true gptq fair:gptq,fair:fair-uniform,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq \
   fair gptq fair-uniform b3-fair b3-gptq b3-fair-uniform b3-fair-frontier

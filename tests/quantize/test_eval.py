@@ -147,6 +147,31 @@ def test_cache_dir_reuses_what_matches(result, tmp_path, monkeypatch):
     assert len({p.name for p in cache.iterdir()} - entries) == 2  # FP and copy scored again, NLL reused
 
 
+def test_fingerprint_is_the_weights_not_the_recorded_provenance(result, tmp_path):
+    """The cache key of a model: the same checkpoint re-made from inputs at other paths (which the
+    quantizer records in `quantization_config`) is the same model; other weights are not."""
+    import shutil
+
+    from inkwell.quantize.eval_run import fingerprint
+
+    src = result[1] / "rtn3"
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(src, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["quantization_config"]["inkwell"]["settings"]["calib_file"] = "/some/other/path.jsonl"
+    (moved / "config.json").write_text(json.dumps(config))
+
+    def fp(path):
+        return fingerprint(evaluate.dequantized(load_model(path, dtype=torch.float32)))
+
+    assert fp(moved) == fp(src)
+    other = evaluate.dequantized(load_model(moved, dtype=torch.float32))
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1
+    assert fingerprint(other) != fp(src)
+    assert fp(result[1] / "fp-copy") != fp(src)
+
+
 def test_unwritable_cache_dir_is_a_clear_error(result, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
