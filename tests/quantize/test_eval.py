@@ -3,6 +3,7 @@
 frontier argmaxes are those of direct forwards."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from inkwell.engine.checkpoint import save_model
 from inkwell.quantize import evaluate
 from inkwell.quantize.cli import main as quantize_main
 from inkwell.quantize.eval_cli import main, parse_candidates
+from inkwell.quantize.eval_run import fingerprint
 from inkwell.quantize.trajectory import rollouts
 
 ARGS = ["--prompts", "8", "--gen-length", "16", "--block-length", "8", "--nll-windows", "4", "--nll-length",
@@ -150,10 +152,6 @@ def test_cache_dir_reuses_what_matches(result, tmp_path, monkeypatch):
 def test_fingerprint_is_the_weights_not_the_recorded_provenance(result, tmp_path):
     """The cache key of a model: the same checkpoint re-made from inputs at other paths (which the
     quantizer records in `quantization_config`) is the same model; other weights are not."""
-    import shutil
-
-    from inkwell.quantize.eval_run import fingerprint
-
     src = result[1] / "rtn3"
     moved = tmp_path / "elsewhere"
     shutil.copytree(src, moved)
