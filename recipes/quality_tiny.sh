@@ -15,8 +15,8 @@
 # Every eval scores the teacher's low_confidence trajectories, except "random" (the served candidates
 # in random commit order).
 # Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair,
-# fair-uniform and the 3-bit gptq, fair, fair-uniform and fair-frontier: a last eval that reuses every
-# cached score and adds only the generations.
+# fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and the per-channel
+# gptq and fair: a last eval that reuses every cached score and adds only the generations.
 # Results land in WORK_DIR/{served,b3,b3masked,gK,random,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
@@ -83,5 +83,6 @@ evaluate b3masked low_confidence false b3-gptq-masked \
 evaluate gK low_confidence false gK-gptq "$(ablations gK-fair),gK-fair:gK-gptq-masked,gK-gptq-masked:gK-gptq,gK-rtn:gK-gptq" \
   gK-gptq gK-rtn gK-gptq-masked gK-fair gK-fair-uniform gK-fair-frontier gK-fair-reliability gK-fair-additive
 evaluate random random false gptq fair:gptq,fair:fair-uniform,fair-uniform:gptq gptq fair fair-uniform
-evaluate free low_confidence true gptq fair:gptq,fair:fair-uniform,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq \
-  fair gptq fair-uniform b3-fair b3-gptq b3-fair-uniform b3-fair-frontier
+evaluate free low_confidence true gptq \
+  fair:gptq,fair:fair-uniform,fair-uniform:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
+  gptq fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
