@@ -8,8 +8,9 @@
 # Served setting (int4, group 128): rtn, gptq, gptq-masked (masked-canvas calibration), fair (= the
 # shipped model), and the prior ablations fair-uniform, fair-frontier, fair-reliability, fair-additive.
 # Stress regime, 3-bit (group 128): b3-rtn, b3-gptq, b3-gptq-masked, b3-fair, the same four ablations
-# (b3-fair-uniform, ...), b3-fair with the floor at 0.01 and 0.25, and FAIR-Calib (and its uniform
-# ablation) calibrated on masked canvases, b3-fair-masked and b3-fair-uniform-masked.
+# (b3-fair-uniform, ...), b3-fair with the floor at 0.01 and 0.25 and with lambda1 0.2 (b3-fair-l0.2), and
+# FAIR-Calib (and its uniform ablation) calibrated on masked canvases, b3-fair-masked and
+# b3-fair-uniform-masked.
 # Stress regime, per-channel int4 (group = K): gK-rtn, gK-gptq, gK-gptq-masked, gK-fair and its four
 # ablations.
 # Every eval scores the teacher's low_confidence trajectories, except "random" (the served candidates
@@ -53,6 +54,7 @@ q --method fair-calib --bits 3 --prior uniform --calib-canvas masked --out "$wor
 for floor in 0.01 0.25; do  # the reply's weight over the floor (QUALITY.md, "RTN and every ablation")
   q --method fair-calib --bits 3 --floor "$floor" --out "$work/b3-fair-floor$floor" "${rollouts[@]}"
 done
+q --method fair-calib --bits 3 --lambda1 0.2 --out "$work/b3-fair-l0.2" "${rollouts[@]}"  # between frontier-only and 0.5
 q --method rtn --group-size 0 --out "$work/gK-rtn"
 q --method gptq --group-size 0 --out "$work/gK-gptq" "${rollouts[@]}"
 q --method gptq --group-size 0 --calib-canvas masked --out "$work/gK-gptq-masked" "${rollouts[@]}"
@@ -76,7 +78,7 @@ evaluate served low_confidence false gptq "$(ablations fair),fair:gptq-masked,gp
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive
 evaluate b3 low_confidence false b3-gptq "$(ablations b3-fair),b3-fair-frontier:b3-fair-uniform,b3-fair:b3-gptq-masked" \
   b3-gptq b3-rtn b3-gptq-masked b3-fair b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive \
-  b3-fair-floor0.01 b3-fair-floor0.25
+  b3-fair-floor0.01 b3-fair-floor0.25 b3-fair-l0.2
 evaluate b3masked low_confidence false b3-gptq-masked \
   b3-fair-masked:b3-fair,b3-fair-masked:b3-fair-uniform-masked,b3-fair-uniform-masked:b3-fair-uniform,b3-fair-uniform-masked:b3-gptq-masked \
   b3-gptq-masked b3-fair b3-fair-uniform b3-fair-masked b3-fair-uniform-masked
