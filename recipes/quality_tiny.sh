@@ -16,9 +16,10 @@
 # Every eval scores the teacher's low_confidence trajectories, except "random": random commit order for
 # the served rtn, gptq, gptq-masked, fair and fair-uniform, the per-channel gptq and fair, and the 3-bit
 # gptq, fair, fair-uniform, gptq-masked and fair-masked.
-# Free-running agreement (each candidate's own generation against the teacher's) for gptq, fair,
-# fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and the per-channel
-# gptq and fair: a last eval that reuses every cached score and adds only the generations.
+# Free-running agreement (each candidate's own generation against the teacher's) for rtn, gptq,
+# gptq-masked, fair, fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and
+# the per-channel gptq and fair: a last eval that reuses every cached score and adds only the
+# generations.
 # Results land in WORK_DIR/{served,b3,b3masked,gK,random,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
@@ -89,5 +90,5 @@ evaluate random random false gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
   gptq fair fair-uniform rtn gptq-masked gK-gptq gK-fair b3-gptq b3-fair b3-fair-uniform b3-gptq-masked b3-fair-masked
 evaluate free low_confidence true gptq \
-  fair:gptq,fair:fair-uniform,fair-uniform:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
-  gptq fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
+  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
+  gptq rtn gptq-masked fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
