@@ -15,7 +15,7 @@
 # ablations.
 # Every eval scores the teacher's low_confidence trajectories, except "random": random commit order for
 # the served rtn, gptq, gptq-masked, fair and fair-uniform, the per-channel gptq and fair, and the 3-bit
-# gptq, fair, fair-uniform, gptq-masked and fair-masked.
+# rtn, gptq, fair, fair-uniform, gptq-masked and fair-masked.
 # Free-running agreement (each candidate's own generation against the teacher's) for rtn, gptq,
 # gptq-masked, fair, fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and
 # the per-channel gptq and fair: a last eval that reuses every cached score and adds only the
@@ -87,8 +87,8 @@ evaluate b3masked low_confidence false b3-gptq-masked \
 evaluate gK low_confidence false gK-gptq "$(ablations gK-fair),gK-fair:gK-gptq-masked,gK-gptq-masked:gK-gptq,gK-rtn:gK-gptq" \
   gK-gptq gK-rtn gK-gptq-masked gK-fair gK-fair-uniform gK-fair-frontier gK-fair-reliability gK-fair-additive
 evaluate random random false gptq \
-  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
-  gptq fair fair-uniform rtn gptq-masked gK-gptq gK-fair b3-gptq b3-fair b3-fair-uniform b3-gptq-masked b3-fair-masked
+  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,b3-rtn:b3-gptq \
+  gptq fair fair-uniform rtn gptq-masked gK-gptq gK-fair b3-rtn b3-gptq b3-fair b3-fair-uniform b3-gptq-masked b3-fair-masked
 evaluate free low_confidence true gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
   gptq rtn gptq-masked fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
