@@ -55,13 +55,14 @@ def check_group_size(model: nn.Module, settings: QuantizeSettings) -> None:
 
 
 def rollout_params(path: Path | None, settings: QuantizeSettings) -> DiffusionParams:
-    """The served diffusion settings (generation_config.json `diffusion`), random commit order, greedy."""
+    """The served diffusion settings (generation_config.json `diffusion`), greedy, in `--stage1-order`
+    (random by default)."""
     served = {}
     if path is not None and (path / "generation_config.json").is_file():
         served = json.loads((path / "generation_config.json").read_text()).get("diffusion", {})
     keep = {k: served.get(k) for k in ("gen_length", "steps", "block_length")}
     keep |= {k: getattr(settings, k) for k in keep if getattr(settings, k) is not None}
-    return DiffusionParams(**keep, remasking="random", temperature=0.0, seed=settings.seed)
+    return DiffusionParams(**keep, remasking=settings.stage1_order, temperature=0.0, seed=settings.seed)
 
 
 def probe_prompts(name: str, model: nn.Module, path: Path | None, s: QuantizeSettings):

@@ -18,6 +18,7 @@ Propagate = Literal["quantized", "fp"]
 KVWeighting = Literal["attention", "token"]
 ScaleDtype = Literal["bfloat16", "float16"]
 ComputeDtype = Literal["float32", "float64"]
+CommitOrder = Literal["random", "low_confidence"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 # What a method does when its switch is left at None: clipping search, scale refinement, token weights.
@@ -52,6 +53,9 @@ class QuantizeSettings:
     gen_length: int | None = _f(None, "Stage I window K = the canvas (default: as served)")
     block_length: int | None = _f(None, "semi-AR block of the Stage I rollouts (default: as served)")
     steps: int | None = _f(None, "denoising steps of the Stage I rollouts (default: as served)")
+    stage1_order: CommitOrder = _f("random", "commit order of the Stage I rollouts: random (DESIGN section "
+                                             "7), or the served low_confidence (an investigation switch)",
+                                   get_args(CommitOrder))
     # Stage I (quantize/prior.py)
     prior: PriorMode | None = _f(None, "token prior: fair = norm(F) + lambda1 norm(R); ablations uniform, "
                                        "frontier, reliability, additive (paper-literal)", get_args(PriorMode))

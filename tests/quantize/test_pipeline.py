@@ -69,6 +69,19 @@ def test_inkwell_block_records_every_setting(outputs, method):
         assert block["prior_path"] is None
 
 
+def test_stage1_order_switch_changes_the_rollouts_and_the_prior(outputs, tmp_path):
+    out = quantize(tmp_path / "lc", "tiny-llada", "--method", "fair-calib", "--group-size", "64",
+                   "--stage1-order", "low_confidence")
+    block = _inkwell(out)
+    assert block["settings"]["stage1_order"] == "low_confidence"
+    assert block["calibration"]["rollout_params"]["remasking"] == "low_confidence"
+    assert _inkwell(outputs["fair-calib"])["settings"]["stage1_order"] == "random"
+    lc, rnd = (json.loads((o / _inkwell(o)["prior_path"]).read_text())["weights"]
+               for o in (out, outputs["fair-calib"]))
+    assert len(lc) == len(rnd) == 16
+    assert max(abs(a - b) for a, b in zip(lc, rnd, strict=True)) > 1e-3
+
+
 def test_methods_differ_and_gptq_beats_rtn_on_calibration(outputs):
     report = json.loads((outputs["gptq"] / "quantize_report.json").read_text())
     layers = [layer for b in report["blocks"] for layer in b["layers"].values()]
