@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from inkwell.engine import load_model, load_tokenizer, special_ids
 from inkwell.engine.loader import resolve_model_path
-from inkwell.engine.params import REMASKING, DiffusionParams, family_of
+from inkwell.engine.params import REMASKING, family_of
 from torch import nn
 from tqdm import tqdm
 
@@ -183,8 +183,7 @@ def _pp(x: PerPrompt) -> torch.Tensor:
 
 def _order(ref, cands, ids: dict, prompts, stops, order: str, reference: str, s: EvalSettings,
            memo: Memo) -> dict:
-    base = rollout_params(resolve_model_path(reference), s)
-    params = DiffusionParams(**{**base.to_dict(), "remasking": order}).resolve(ref.config.model_type)
+    params = rollout_params(resolve_model_path(reference), s, order).resolve(ref.config.model_type)
     # early stop as served: nothing after the served horizon is scored; off: the whole canvas is
     stops = tuple(stops) if s.early_stop else ()
     teacher_key = {"model": ids.get(FP), "prompts": digest([p.tolist() for p in prompts]),

@@ -54,15 +54,15 @@ def check_group_size(model: nn.Module, settings: QuantizeSettings) -> None:
             raise ValueError(f"layer {name}: {err}") from err
 
 
-def rollout_params(path: Path | None, settings: QuantizeSettings) -> DiffusionParams:
-    """The served diffusion settings (generation_config.json `diffusion`), greedy, in `--stage1-order`
-    (random by default)."""
+def rollout_params(path: Path | None, settings, order: str) -> DiffusionParams:
+    """The served diffusion settings (generation_config.json `diffusion`, overridden by the settings'
+    gen_length / steps / block_length), greedy, in commit order `order`."""
     served = {}
     if path is not None and (path / "generation_config.json").is_file():
         served = json.loads((path / "generation_config.json").read_text()).get("diffusion", {})
     keep = {k: served.get(k) for k in ("gen_length", "steps", "block_length")}
     keep |= {k: getattr(settings, k) for k in keep if getattr(settings, k) is not None}
-    return DiffusionParams(**keep, remasking=settings.stage1_order, temperature=0.0, seed=settings.seed)
+    return DiffusionParams(**keep, remasking=order, temperature=0.0, seed=settings.seed)
 
 
 def probe_prompts(name: str, model: nn.Module, path: Path | None, s: QuantizeSettings):
@@ -122,7 +122,7 @@ def quantize_model(name: str, settings: QuantizeSettings, out: str | Path) -> di
 def _calibrated(name, source: WeightSource, s: QuantizeSettings, out: Path):
     model, path = source.model, source.path
     prompts, stop_ids, calib_source = probe_prompts(name, model, path, s)
-    params = rollout_params(path, s).resolve(model.config.model_type)
+    params = rollout_params(path, s, s.stage1_order).resolve(model.config.model_type)
     traj = stage1(source, prompts, params, s)
     if s.save_rollouts:
         torch.save({"fingerprint": calibration.fingerprint(prompts), "params": params.to_dict(),
