@@ -20,7 +20,9 @@
 # gptq-masked, fair, fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and
 # the per-channel gptq and fair: a last eval that reuses every cached score and adds only the
 # generations.
-# Results land in WORK_DIR/{served,b3,b3masked,gK,random,free}/ (eval.json, eval.md, plots). QUALITY.md's
+# The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior and b3-fair-lcprior (see the builds),
+# scored in both orders (lcprior, lcprior-b3, lcprior-random).
+# Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-random,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
 # Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
@@ -64,6 +66,14 @@ q --method fair-calib --group-size 0 --out "$work/gK-fair" "${rollouts[@]}"
 for prior in uniform frontier reliability additive; do
   q --method fair-calib --group-size 0 --prior "$prior" --out "$work/gK-fair-$prior" "${rollouts[@]}"
 done
+# the prior estimated in the served low_confidence order (QUALITY.md, "Stage I in the served order"):
+# fair-lc also calibrates on those rollouts' replies (gptq-lc is its GPTQ twin); fair-lcprior and
+# b3-fair-lcprior take only its prior and keep the random-order replies of every other build
+q --method fair-calib --stage1-order low_confidence --out "$work/fair-lc" --save-rollouts true
+q --method gptq --stage1-order low_confidence --out "$work/gptq-lc" --rollouts-file "$work/fair-lc/stage1_rollouts.pt"
+lcprior=(--prior-file "$work/fair-lc/fair_calib_prior.json" "${rollouts[@]}")
+q --method fair-calib --out "$work/fair-lcprior" "${lcprior[@]}"
+q --method fair-calib --bits 3 --out "$work/b3-fair-lcprior" "${lcprior[@]}"
 
 evaluate() {  # OUT_NAME ORDER FREE_RUNNING BASELINE PAIRS CANDIDATE...
   local out=$1 order=$2 free=$3 baseline=$4 pairs=$5 candidates=()
@@ -89,6 +99,14 @@ evaluate gK low_confidence false gK-gptq "$(ablations gK-fair),gK-fair:gK-gptq-m
 evaluate random random false gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,b3-rtn:b3-gptq \
   gptq fair fair-uniform rtn gptq-masked gK-gptq gK-fair b3-rtn b3-gptq b3-fair b3-fair-uniform b3-gptq-masked b3-fair-masked
+evaluate lcprior low_confidence false gptq \
+  fair-lcprior:fair,fair-lcprior:fair-uniform,fair-lcprior:gptq,fair-lc:gptq-lc,fair-lc:fair,gptq-lc:gptq,fair-lc:gptq \
+  gptq fair fair-uniform fair-lcprior fair-lc gptq-lc
+evaluate lcprior-b3 low_confidence false b3-gptq b3-fair-lcprior:b3-fair,b3-fair-lcprior:b3-fair-uniform,b3-fair-lcprior:b3-gptq \
+  b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
+evaluate lcprior-random random false gptq \
+  fair-lcprior:fair,fair-lcprior:fair-uniform,fair-lcprior:gptq,fair-lc:gptq,fair-lc:fair,b3-fair-lcprior:b3-fair,b3-fair-lcprior:b3-fair-uniform,b3-fair-lcprior:b3-gptq \
+  gptq fair fair-uniform fair-lcprior fair-lc b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
 evaluate free low_confidence true gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
   gptq rtn gptq-masked fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
