@@ -20,9 +20,11 @@
 # gptq-masked, fair, fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and
 # the per-channel gptq and fair: a last eval that reuses every cached score and adds only the
 # generations.
-# The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior and b3-fair-lcprior (see the builds),
-# scored in both orders (lcprior, lcprior-b3, lcprior-random).
-# Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-random,free}/ (eval.json, eval.md, plots). QUALITY.md's
+# The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior, b3-fair-lcprior and gK-fair-lcprior (see
+# the builds), scored in low_confidence order (lcprior, lcprior-b3, lcprior-gK) and random order
+# (lcprior-random; not the per-channel one).
+# Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-gK,lcprior-random,
+# free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
 # Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
@@ -74,6 +76,7 @@ q --method gptq --stage1-order low_confidence --out "$work/gptq-lc" --rollouts-f
 lcprior=(--prior-file "$work/fair-lc/fair_calib_prior.json" "${rollouts[@]}")
 q --method fair-calib --out "$work/fair-lcprior" "${lcprior[@]}"
 q --method fair-calib --bits 3 --out "$work/b3-fair-lcprior" "${lcprior[@]}"
+q --method fair-calib --group-size 0 --out "$work/gK-fair-lcprior" "${lcprior[@]}"
 
 evaluate() {  # OUT_NAME ORDER FREE_RUNNING BASELINE PAIRS CANDIDATE...
   local out=$1 order=$2 free=$3 baseline=$4 pairs=$5 candidates=()
@@ -104,6 +107,8 @@ evaluate lcprior low_confidence false gptq \
   gptq fair fair-uniform fair-lcprior fair-lc gptq-lc
 evaluate lcprior-b3 low_confidence false b3-gptq b3-fair-lcprior:b3-fair,b3-fair-lcprior:b3-fair-uniform,b3-fair-lcprior:b3-gptq \
   b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
+evaluate lcprior-gK low_confidence false gK-gptq gK-fair-lcprior:gK-fair,gK-fair-lcprior:gK-fair-uniform,gK-fair-lcprior:gK-gptq \
+  gK-gptq gK-fair gK-fair-uniform gK-fair-lcprior
 evaluate lcprior-random random false gptq \
   fair-lcprior:fair,fair-lcprior:fair-uniform,fair-lcprior:gptq,fair-lc:gptq,fair-lc:fair,b3-fair-lcprior:b3-fair,b3-fair-lcprior:b3-fair-uniform,b3-fair-lcprior:b3-gptq \
   gptq fair fair-uniform fair-lcprior fair-lc b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
