@@ -22,9 +22,9 @@
 # generations.
 # The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior, b3-fair-lcprior and gK-fair-lcprior (see
 # the builds), scored in low_confidence order (lcprior, lcprior-b3, lcprior-gK) and random order
-# (lcprior-random; not the per-channel one).
+# (lcprior-random, lcprior-gK-random).
 # Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-gK,lcprior-random,
-# free}/ (eval.json, eval.md, plots). QUALITY.md's
+# lcprior-gK-random,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
 # Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
@@ -112,6 +112,8 @@ evaluate lcprior-gK low_confidence false gK-gptq gK-fair-lcprior:gK-fair,gK-fair
 evaluate lcprior-random random false gptq \
   fair-lcprior:fair,fair-lcprior:fair-uniform,fair-lcprior:gptq,fair-lc:gptq,fair-lc:fair,b3-fair-lcprior:b3-fair,b3-fair-lcprior:b3-fair-uniform,b3-fair-lcprior:b3-gptq \
   gptq fair fair-uniform fair-lcprior fair-lc b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
+evaluate lcprior-gK-random random false gK-gptq gK-fair-lcprior:gK-fair,gK-fair-lcprior:gK-fair-uniform,gK-fair-lcprior:gK-gptq \
+  gK-gptq gK-fair gK-fair-uniform gK-fair-lcprior
 evaluate free low_confidence true gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
   gptq rtn gptq-masked fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
