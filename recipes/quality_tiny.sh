@@ -17,9 +17,9 @@
 # the served rtn, gptq, gptq-masked, fair and fair-uniform, the per-channel gptq and fair, and the 3-bit
 # rtn, gptq, fair, fair-uniform, gptq-masked and fair-masked.
 # Free-running agreement (each candidate's own generation against the teacher's) for rtn, gptq,
-# gptq-masked, fair, fair-uniform, the 3-bit gptq, fair, fair-uniform, fair-masked and gptq-masked, and
-# the per-channel gptq and fair: a last eval that reuses every cached score and adds only the
-# generations.
+# gptq-masked, fair and its four prior ablations, the 3-bit rtn, gptq, fair, its four ablations,
+# fair-masked and gptq-masked, and the per-channel gptq and fair: a last eval that reuses every cached
+# score and adds only the generations.
 # The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior, b3-fair-lcprior and gK-fair-lcprior (see
 # the builds), scored in low_confidence order (lcprior, lcprior-b3, lcprior-gK) and random order
 # (lcprior-random, lcprior-gK-random).
@@ -115,5 +115,6 @@ evaluate lcprior-random random false gptq \
 evaluate lcprior-gK-random random false gK-gptq gK-fair-lcprior:gK-fair,gK-fair-lcprior:gK-fair-uniform,gK-fair-lcprior:gK-gptq \
   gK-gptq gK-fair gK-fair-uniform gK-fair-lcprior
 evaluate free low_confidence true gptq \
-  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked \
-  gptq rtn gptq-masked fair fair-uniform b3-gptq b3-fair b3-fair-uniform gK-gptq gK-fair b3-fair-masked b3-gptq-masked
+  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,$(ablations fair),$(ablations b3-fair),b3-rtn:b3-gptq \
+  gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive b3-rtn b3-gptq b3-fair \
+  b3-fair-uniform b3-fair-frontier b3-fair-reliability b3-fair-additive gK-gptq gK-fair b3-fair-masked b3-gptq-masked
