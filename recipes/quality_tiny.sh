@@ -18,8 +18,8 @@
 # rtn, gptq, fair, fair-uniform, gptq-masked and fair-masked.
 # Free-running agreement (each candidate's own generation against the teacher's) for rtn, gptq,
 # gptq-masked, fair and its four prior ablations, the 3-bit rtn, gptq, fair, its four ablations,
-# fair-masked and gptq-masked, and the per-channel gptq, gptq-masked, fair and fair-uniform: a last eval that reuses every cached
-# score and adds only the generations.
+# fair-masked and gptq-masked, and the per-channel gptq, gptq-masked, fair and fair-uniform: a last eval
+# that reuses every cached score and adds only the generations.
 # The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior, b3-fair-lcprior and gK-fair-lcprior (see
 # the builds), scored in low_confidence order (lcprior, lcprior-b3, lcprior-gK) and random order
 # (lcprior-random, lcprior-gK-random).
@@ -100,7 +100,7 @@ evaluate b3masked low_confidence false b3-gptq-masked \
 evaluate gK low_confidence false gK-gptq "$(ablations gK-fair),gK-fair:gK-gptq-masked,gK-gptq-masked:gK-gptq,gK-rtn:gK-gptq" \
   gK-gptq gK-rtn gK-gptq-masked gK-fair gK-fair-uniform gK-fair-frontier gK-fair-reliability gK-fair-additive
 evaluate random random false gptq \
-  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,b3-rtn:b3-gptq,gK-fair:gK-fair-uniform,gK-gptq-masked:gK-gptq,gK-fair:gK-gptq-masked \
+  fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,gK-fair:gK-gptq,gK-gptq:gptq,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-fair-uniform:b3-gptq,b3-gptq-masked:b3-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,b3-rtn:b3-gptq \
   gptq fair fair-uniform rtn gptq-masked gK-gptq gK-fair b3-rtn b3-gptq b3-fair b3-fair-uniform b3-gptq-masked b3-fair-masked
 evaluate lcprior low_confidence false gptq \
   fair-lcprior:fair,fair-lcprior:fair-uniform,fair-lcprior:gptq,fair-lc:gptq-lc,fair-lc:fair,gptq-lc:gptq,fair-lc:gptq \
