@@ -23,8 +23,11 @@
 # The Stage I order investigation: fair-lc, gptq-lc, fair-lcprior, b3-fair-lcprior and gK-fair-lcprior (see
 # the builds), scored in low_confidence order (lcprior, lcprior-b3, lcprior-gK) and random order
 # (lcprior-random, lcprior-gK-random).
+# Calibration seeds 1 and 2 (the default is 0): gptq and fair served, and gptq, fair and fair-uniform at 3
+# bits, rebuilt from each seed's own Stage I and scored beside the seed-0 builds (seed1-b3, seed2-b3,
+# seed-served).
 # Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-gK,lcprior-random,
-# lcprior-gK-random,free}/ (eval.json, eval.md, plots). QUALITY.md's
+# lcprior-gK-random,seed1-b3,seed2-b3,seed-served,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
 # Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
@@ -77,6 +80,16 @@ lcprior=(--prior-file "$work/fair-lc/fair_calib_prior.json" "${rollouts[@]}")
 q --method fair-calib --out "$work/fair-lcprior" "${lcprior[@]}"
 q --method fair-calib --bits 3 --out "$work/b3-fair-lcprior" "${lcprior[@]}"
 q --method fair-calib --group-size 0 --out "$work/gK-fair-lcprior" "${lcprior[@]}"
+# calibration seeds 1 and 2 (QUALITY.md, "calibration seed"): other calibration prompts, Stage I order
+# and masks; each seed's builds share that seed's Stage I rollouts
+for seed in 1 2; do
+  q --method fair-calib --seed "$seed" --out "$work/s$seed-fair" --save-rollouts true
+  seeded=(--seed "$seed" --rollouts-file "$work/s$seed-fair/stage1_rollouts.pt")
+  q --method gptq --out "$work/s$seed-gptq" "${seeded[@]}"
+  q --method gptq --bits 3 --out "$work/s$seed-b3-gptq" "${seeded[@]}"
+  q --method fair-calib --bits 3 --out "$work/s$seed-b3-fair" "${seeded[@]}"
+  q --method fair-calib --bits 3 --prior uniform --out "$work/s$seed-b3-fair-uniform" "${seeded[@]}"
+done
 
 evaluate() {  # OUT_NAME ORDER FREE_RUNNING BASELINE PAIRS CANDIDATE...
   local out=$1 order=$2 free=$3 baseline=$4 pairs=$5 candidates=()
@@ -114,6 +127,14 @@ evaluate lcprior-random random false gptq \
   gptq fair fair-uniform fair-lcprior fair-lc b3-gptq b3-fair b3-fair-uniform b3-fair-lcprior
 evaluate lcprior-gK-random random false gK-gptq gK-fair-lcprior:gK-fair,gK-fair-lcprior:gK-fair-uniform,gK-fair-lcprior:gK-gptq \
   gK-gptq gK-fair gK-fair-uniform gK-fair-lcprior
+for seed in 1 2; do
+  p=s$seed-b3
+  evaluate "seed$seed-b3" low_confidence false b3-gptq \
+    "$p-fair:$p-gptq,$p-fair:$p-fair-uniform,$p-fair:b3-fair,$p-gptq:b3-gptq,$p-fair-uniform:b3-fair-uniform" \
+    b3-gptq b3-fair b3-fair-uniform "$p-gptq" "$p-fair" "$p-fair-uniform"
+done
+evaluate seed-served low_confidence false gptq s1-fair:s1-gptq,s2-fair:s2-gptq,s1-fair:fair,s2-fair:fair,s1-gptq:gptq,s2-gptq:gptq \
+  gptq fair s1-gptq s1-fair s2-gptq s2-fair
 evaluate free low_confidence true gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,$(ablations fair),$(ablations b3-fair),b3-rtn:b3-gptq,gK-fair:gK-fair-uniform,gK-gptq-masked:gK-gptq,gK-fair:gK-gptq-masked \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive b3-rtn b3-gptq b3-fair \
