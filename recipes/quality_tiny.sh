@@ -25,9 +25,9 @@
 # (lcprior-random, lcprior-gK-random).
 # Calibration seeds 1 and 2 (the default is 0): gptq and fair served, and gptq, fair and fair-uniform at 3
 # bits, rebuilt from each seed's own Stage I and scored beside the seed-0 builds (seed1-b3, seed2-b3,
-# seed-served).
+# seed-served), and the 3-bit gptq and fair of every seed free-running (seed-free).
 # Results land in WORK_DIR/{served,b3,b3masked,gK,random,lcprior,lcprior-b3,lcprior-gK,lcprior-random,
-# lcprior-gK-random,seed1-b3,seed2-b3,seed-served,free}/ (eval.json, eval.md, plots). QUALITY.md's
+# lcprior-gK-random,seed1-b3,seed2-b3,seed-served,seed-free,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
 # Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
@@ -135,6 +135,9 @@ for seed in 1 2; do
 done
 evaluate seed-served low_confidence false gptq s1-fair:s1-gptq,s2-fair:s2-gptq,s1-fair:fair,s2-fair:fair,s1-gptq:gptq,s2-gptq:gptq \
   gptq fair s1-gptq s1-fair s2-gptq s2-fair
+evaluate seed-free low_confidence true b3-gptq \
+  s1-b3-fair:s1-b3-gptq,s2-b3-fair:s2-b3-gptq,s1-b3-gptq:b3-gptq,s2-b3-gptq:b3-gptq,s1-b3-fair:b3-fair,s2-b3-fair:b3-fair \
+  b3-gptq b3-fair s1-b3-gptq s1-b3-fair s2-b3-gptq s2-b3-fair
 evaluate free low_confidence true gptq \
   fair:gptq,fair:fair-uniform,fair-uniform:gptq,rtn:gptq,gptq-masked:gptq,fair:gptq-masked,b3-fair:b3-gptq,b3-fair:b3-fair-uniform,b3-gptq:gptq,gK-fair:gK-gptq,b3-fair-masked:b3-fair,b3-fair-masked:b3-gptq-masked,$(ablations fair),$(ablations b3-fair),b3-rtn:b3-gptq,gK-fair:gK-fair-uniform,gK-gptq-masked:gK-gptq,gK-fair:gK-gptq-masked \
   gptq rtn gptq-masked fair fair-uniform fair-frontier fair-reliability fair-additive b3-rtn b3-gptq b3-fair \
