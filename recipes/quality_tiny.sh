@@ -30,7 +30,7 @@
 # lcprior-gK-random,seed1-b3,seed2-b3,seed-served,seed-free,free}/ (eval.json, eval.md, plots). QUALITY.md's
 # 200 x 128 sections ran the same candidates and flags in smaller batches (their commands are quoted
 # there).
-# Time on a 2-core CPU: builds ~50 min on one thread (about half that as two streams); evaluation ~13-15
+# Time on a 2-core CPU: builds ~75 min on one thread (about half that as two streams); evaluation ~13-15
 # min a model (teacher included), free-running ~13 min a model. The evals share WORK_DIR/evalcache, so
 # later ones reuse the teacher and every scored model, and a re-run reuses every finished model.
 set -euo pipefail
